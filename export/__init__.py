@@ -1,0 +1,1 @@
+"""edgecap exporter (workstation side): imports torch and transformers."""
