@@ -1,0 +1,159 @@
+"""The embedded API: `Captioner(bundle).caption(images)`.
+
+Each stage is public and usable alone: `preprocess` -> `encode` -> `decode` -> `detokenize`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import decoding
+from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
+from .bundle import Bundle, load_bundle
+from .errors import BundleError
+from .options import GenerationOptions, ResolvedOptions
+from .preprocess import ImageSource, PreprocessSpec, preprocess
+from .text import Detokenizer
+
+log = logging.getLogger(__name__)
+
+# Preferred precision per backend when the caller does not choose: fastest first.
+_PRECISION_PREFERENCE = {"cpu": ("int8", "fp32", "fp16", "int4")}
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    token_ids: tuple[int, ...]  # without the decoder start token, up to and including eos, no padding
+    score: float  # beam search: transformers' sequence score; greedy: sum of token log-probs
+    alternatives: tuple["Caption", ...] = field(default=())  # further hypotheses (num_return_sequences > 1)
+
+
+def default_bundle_dir() -> Path | None:
+    """The demo bundle shipped with edgecap (package data), or None if this install has none."""
+    here = Path(__file__).resolve().parent / "data" / "demo-bundle"
+    return here if (here / "manifest.json").is_file() else None
+
+
+class Captioner:
+    """Loads a bundle once and captions images with it.
+
+    Args:
+        bundle_dir: bundle directory (from `edgecap export`); None = the bundled demo model.
+        precision: which graphs to run ("fp32", "int8", ...); None = the best this bundle has for the backend.
+        backend: "cpu" or "auto".
+        threads: ONNX Runtime intra-op threads; None = all cores.
+        verify_checksums: hash the graphs at load (a second or so for large models).
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike | None = None,
+        precision: str | None = None,
+        backend: str | None = None,
+        threads: int | None = None,
+        verify_checksums: bool = True,
+    ) -> None:
+        t0 = time.perf_counter()
+        if bundle_dir is None:
+            bundle_dir = default_bundle_dir()
+            if bundle_dir is None:
+                raise BundleError("no bundle given and no demo bundle installed; pass a bundle directory")
+        self.backend = resolve_backend(backend)
+        bundle = load_bundle(bundle_dir, precision=precision, verify_checksums=False)
+        self.precision = precision or self._pick_precision(bundle)
+        self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
+        man = self.bundle.manifest
+        try:
+            self.preprocess_spec = PreprocessSpec.from_dict(man.preprocess)
+        except ValueError as exc:
+            raise BundleError(f"{self.bundle.path / 'manifest.json'}: preprocess: {exc}") from None
+        pair = self.bundle.graphs(self.precision)
+        sopts = SessionOptions(threads=threads)
+        self._encoder = OrtEncoder(create_session(self.bundle, pair.encoder, self.backend, sopts))
+        self._decoder = OrtStepDecoder(create_session(self.bundle, pair.decoder, self.backend, sopts), man.architecture)
+        self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
+        self.load_seconds = time.perf_counter() - t0
+        log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
+
+    def _pick_precision(self, bundle: Bundle) -> str:
+        for p in _PRECISION_PREFERENCE.get(self.backend, ()):
+            if p in bundle.manifest.graphs:
+                return p
+        return bundle.precisions[0]
+
+    @property
+    def generation_defaults(self):
+        return self.bundle.manifest.generation
+
+    # --- stages -----------------------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """Images -> pixel_values [B, 3, H, W] float32, exactly as the HF image processor would."""
+        return preprocess(images, self.preprocess_spec)
+
+    def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the encoder: per decoder layer, the cross-attention K and V of each image."""
+        return self._encoder(np.ascontiguousarray(pixel_values, dtype=np.float32))
+
+    def decode(
+        self, encoded: dict[str, np.ndarray], options: GenerationOptions | None = None
+    ) -> list[list[decoding.Hypothesis]]:
+        """Generate token ids for encoded images: a list (per image) of hypotheses, best first."""
+        opts = self.resolve_options(options)
+        batch = next(iter(encoded.values())).shape[0]
+        self._decoder.set_encoded(encoded)
+        return decoding.decode(self._decoder, batch, opts)
+
+    def resolve_options(self, options: GenerationOptions | None = None) -> ResolvedOptions:
+        return (options or GenerationOptions()).resolve(self.generation_defaults)
+
+    # --- all together -------------------------------------------------------------------------
+
+    def caption(
+        self,
+        images: Sequence[ImageSource] | ImageSource,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+        length_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
+        early_stopping: bool | str | None = None,
+        num_return_sequences: int | None = None,
+        options: GenerationOptions | None = None,
+        batch_size: int = 8,
+    ) -> list[Caption]:
+        """Caption images (paths, PIL images or HxWx3 uint8 arrays, any mix): one `Caption` each.
+
+        Keyword options left as None take `options`' value, then the bundle's default.
+        """
+        if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
+            images = [images]
+        opts = (options or GenerationOptions()).merged(
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            length_penalty=length_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences,
+        )
+        self.resolve_options(opts)  # fail on bad options before any work
+        out: list[Caption] = []
+        images = list(images)
+        for start in range(0, len(images), max(1, batch_size)):
+            chunk = images[start : start + batch_size]
+            hyps = self.decode(self.encode(self.preprocess(chunk)), opts)
+            out.extend(self._to_caption(h) for h in hyps)
+        return out
+
+    def _to_caption(self, hyps: list[decoding.Hypothesis]) -> Caption:
+        caps = [Caption(self.detokenize(h.token_ids), h.token_ids, h.score) for h in hyps]
+        return Caption(caps[0].text, caps[0].token_ids, caps[0].score, tuple(caps[1:]))

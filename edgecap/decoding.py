@@ -1,0 +1,196 @@
+"""Greedy and beam-search decoding with the semantics of transformers `generate()`.
+
+Pure numpy over a `StepModel`, so it runs on any backend and is testable without one.
+Beam search follows transformers' vectorised implementation (>= 4.50) step for step, in float32
+like it, so the same candidates win: top-k over `num_beams * vocab` accumulated log-probs, keep
+`max(2, 1 + n_eos) * num_beams` candidates, length-normalised finished hypotheses, the same
+early-stopping heuristics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .options import ResolvedOptions
+
+_NEG = np.float32(-1.0e9)
+
+
+class StepModel(Protocol):
+    """A decoder that consumes one token per row and keeps its own cache."""
+
+    def begin(self, rows: np.ndarray, max_steps: int) -> None:
+        """Start a generation; row i decodes for encoded image rows[i]."""
+
+    def step(self, tokens: np.ndarray, step: int) -> np.ndarray:
+        """Feed tokens [rows] at position `step`; return next-token logits [rows, vocab] float32."""
+
+    def reorder(self, src_rows: np.ndarray) -> None:
+        """Beam search: row i's cache becomes the cache of row src_rows[i]."""
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    token_ids: tuple[int, ...]  # generated ids without the start token, up to and including eos
+    score: float
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _banned_ngram_tokens(seq: np.ndarray, n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in `seq` (transformers' NoRepeatNGramLogitsProcessor)."""
+    cur_len = len(seq)
+    if cur_len + 1 < n:
+        return []
+    toks = seq.tolist()
+    prefix = tuple(toks[cur_len + 1 - n :])
+    return [toks[i + n - 1] for i in range(cur_len - n + 1) if tuple(toks[i : i + n - 1]) == prefix]
+
+
+def process_scores(scores: np.ndarray, seqs: np.ndarray, opts: ResolvedOptions) -> np.ndarray:
+    """Apply the logits processors `generate()` builds from these options (in place).
+
+    seqs: [rows, cur_len] including the decoder start token.
+    """
+    new_tokens = seqs.shape[1] - 1
+    if opts.no_repeat_ngram_size > 0:
+        for r in range(seqs.shape[0]):
+            banned = _banned_ngram_tokens(seqs[r], opts.no_repeat_ngram_size)
+            if banned:
+                scores[r, banned] = -np.inf
+    if new_tokens < opts.min_new_tokens and opts.eos_token_ids:
+        scores[:, list(opts.eos_token_ids)] = -np.inf
+    return scores
+
+
+def greedy(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hypothesis]]:
+    """Greedy decoding; score = sum of the chosen tokens' log-probabilities (after processors)."""
+    eos = np.array(opts.eos_token_ids, dtype=np.int64)
+    pad = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
+    model.begin(np.arange(batch), opts.max_new_tokens)
+    seqs = np.full((batch, 1 + opts.max_new_tokens), pad, dtype=np.int64)
+    seqs[:, 0] = opts.decoder_start_token_id
+    lengths = np.zeros(batch, dtype=np.int64)
+    scores = np.zeros(batch, dtype=np.float32)
+    unfinished = np.ones(batch, dtype=bool)
+    for t in range(opts.max_new_tokens):
+        logits = model.step(seqs[:, t], t)
+        processed = process_scores(logits.astype(np.float32, copy=True), seqs[:, : t + 1], opts)
+        nxt = processed.argmax(axis=-1)
+        logp = log_softmax(processed)[np.arange(batch), nxt]
+        nxt = np.where(unfinished, nxt, pad)
+        seqs[:, t + 1] = nxt
+        scores += np.where(unfinished, logp, 0).astype(np.float32)
+        lengths += unfinished
+        unfinished &= ~np.isin(nxt, eos)
+        if not unfinished.any():
+            break
+    return [[Hypothesis(tuple(seqs[b, 1 : 1 + lengths[b]].tolist()), float(scores[b]))] for b in range(batch)]
+
+
+def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest along the last axis, largest first (stable for ties, like torch on CPU)."""
+    return np.argsort(-x, axis=-1, kind="stable")[..., :k]
+
+
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[b, idx[b, j], ...] for arrays shaped [batch, beams, ...]."""
+    while idx.ndim < a.ndim:
+        idx = idx[..., None]
+    return np.take_along_axis(a, idx, axis=1)
+
+
+def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hypothesis]]:
+    nb = opts.num_beams
+    eos = np.array(opts.eos_token_ids, dtype=np.int64)
+    keep = max(2, 1 + len(eos)) * nb
+    top_mask = np.arange(keep) < nb
+    prompt_len = 1
+    max_length = prompt_len + opts.max_new_tokens
+    lp, early = opts.length_penalty, opts.early_stopping
+    fill = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
+
+    model.begin(np.repeat(np.arange(batch), nb), opts.max_new_tokens)
+    running = np.full((batch, nb, max_length), fill, dtype=np.int64)
+    running[:, :, 0] = opts.decoder_start_token_id
+    running_scores = np.zeros((batch, nb), dtype=np.float32)
+    running_scores[:, 1:] = _NEG
+    sequences = running.copy()
+    seq_lens = np.zeros((batch, nb), dtype=np.int64)  # generated tokens of each finished hypothesis
+    beam_scores = np.full((batch, nb), _NEG, dtype=np.float32)
+    finished = np.zeros((batch, nb), dtype=bool)
+    improvable = np.ones((batch, 1), dtype=bool)
+    offsets = (np.arange(batch) * nb)[:, None]
+    cur_len = prompt_len
+
+    while True:
+        flat = running[:, :, :cur_len].reshape(batch * nb, cur_len)
+        logits = model.step(flat[:, -1], cur_len - prompt_len)
+        logp = process_scores(log_softmax(logits), flat, opts)
+        vocab = logp.shape[-1]
+        acc = (logp.reshape(batch, nb, vocab) + running_scores[:, :, None]).reshape(batch, nb * vocab)
+
+        idx = _topk(acc, keep)
+        topk_lp = np.take_along_axis(acc, idx, axis=1)
+        src_beam, ids = idx // vocab, idx % vocab
+        topk_seqs = _take(running, src_beam)
+        topk_seqs[:, :, cur_len] = ids
+        hits = np.isin(ids, eos) | (cur_len + 1 >= max_length)
+
+        # the best candidates that did not stop continue as running beams
+        run_lp = topk_lp + hits.astype(np.float32) * _NEG
+        nxt = _topk(run_lp, nb)
+        running = _take(topk_seqs, nxt)
+        running_scores = np.take_along_axis(run_lp, nxt, axis=1)
+        src_rows = (np.take_along_axis(src_beam, nxt, axis=1) + offsets).reshape(-1)
+
+        # candidates that stopped among the top num_beams join the finished hypotheses
+        just_finished = hits & top_mask[None, :]
+        norm = topk_lp / np.float32((cur_len + 1 - prompt_len) ** lp)
+        full = finished.all(axis=-1, keepdims=True) & (early is True)
+        norm = norm + full.astype(np.float32) * _NEG
+        norm = norm + (~improvable).astype(np.float32) * _NEG
+        norm = norm + (~just_finished).astype(np.float32) * _NEG
+        merged_scores = np.concatenate([beam_scores, norm], axis=1)
+        sel = _topk(merged_scores, nb)
+        sequences = _take(np.concatenate([sequences, topk_seqs], axis=1), sel)
+        seq_lens = _take(np.concatenate([seq_lens, np.full((batch, keep), cur_len + 1 - prompt_len)], axis=1), sel)
+        finished = _take(np.concatenate([finished, just_finished], axis=1), sel)
+        beam_scores = np.take_along_axis(merged_scores, sel, axis=1)
+
+        cur_len += 1
+        # can a running beam still beat the worst finished one?
+        if early == "never" and lp > 0.0:
+            best_len = max_length - prompt_len
+        else:
+            best_len = cur_len - prompt_len
+        best_running = running_scores[:, :1] / np.float32(best_len**lp)
+        worst_finished = np.where(finished, beam_scores.min(axis=1, keepdims=True), _NEG)
+        improvable = improvable & (best_running > worst_finished).any(axis=-1, keepdims=True)
+        keep_going = improvable.any() and not (finished.all() and early is True) and not hits.all()
+        if not keep_going:
+            break
+        model.reorder(src_rows)
+
+    out = []
+    for b in range(batch):
+        hyps = []
+        for j in range(opts.num_return_sequences):
+            n = int(seq_lens[b, j])
+            hyps.append(Hypothesis(tuple(sequences[b, j, 1 : 1 + n].tolist()), float(beam_scores[b, j])))
+        out.append(hyps)
+    return out
+
+
+def decode(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hypothesis]]:
+    """`num_return_sequences` hypotheses per image, best first."""
+    if opts.num_beams == 1:
+        return greedy(model, batch, opts)
+    return beam_search(model, batch, opts)

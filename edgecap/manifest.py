@@ -1,0 +1,264 @@
+"""The bundle contract: one typed schema that the exporter writes and the runtime reads.
+
+A bundle is a directory::
+
+    manifest.json          this schema, serialised
+    tokenizer.json         a `tokenizers` tokenizer
+    <precision>/encoder.onnx   pixels -> per-decoder-layer cross-attention K and V
+    <precision>/decoder.onnx   one KV-cached decoder step
+
+Tensor names live here and nowhere else, so the exporter and the runtime cannot drift apart
+(piper types them twice). Loading is strict: unknown or missing keys are named in the error,
+the way a config parser should fail (piper's bare `KeyError` is what we avoid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+
+FORMAT = "edgecap-bundle"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+# --- tensor names (the graph signatures) -------------------------------------------------
+PIXEL_VALUES = "pixel_values"
+INPUT_IDS = "input_ids"  # [batch, 1] int64: the token fed at this step
+STEP = "step"  # [1] int64: its position == number of tokens already in the self-attention cache
+LOGITS = "logits"  # [batch, vocab] float32: next-token logits
+
+
+def cross_key(layer: int) -> str:
+    """Cross-attention keys of one decoder layer, stored transposed: [batch, heads, head_dim, enc_seq]."""
+    return f"cross_key.{layer}"
+
+
+def cross_value(layer: int) -> str:
+    """Cross-attention values of one decoder layer: [batch, heads, enc_seq, head_dim]."""
+    return f"cross_value.{layer}"
+
+
+def past_key(layer: int) -> str:
+    """Self-attention key cache, transposed: [batch, heads, head_dim, cache_len]; slots >= step are ignored."""
+    return f"past_key.{layer}"
+
+
+def past_value(layer: int) -> str:
+    """Self-attention value cache: [batch, heads, cache_len, head_dim]; slots >= step are ignored."""
+    return f"past_value.{layer}"
+
+
+def new_key(layer: int) -> str:
+    """This step's key, [batch, heads, head_dim, 1]: the runtime writes it into slot `step` of the cache."""
+    return f"new_key.{layer}"
+
+
+def new_value(layer: int) -> str:
+    """This step's value, [batch, heads, 1, head_dim]."""
+    return f"new_value.{layer}"
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "float16", "int64"
+    shape: list[int | str]  # ints are fixed sizes, strings symbolic dimensions
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str  # relative to the bundle directory
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class GraphPair:
+    encoder: GraphSpec
+    decoder: GraphSpec
+
+
+@dataclass(frozen=True)
+class Source:
+    model: str  # the path or hub id it was exported from
+    revision: str | None
+    encoder_type: str
+    decoder_type: str
+    exporter: str  # "edgecap <version>"
+    libraries: dict[str, str]  # name -> version of torch, transformers, onnx... at export
+
+
+@dataclass(frozen=True)
+class Architecture:
+    encoder_layers: int
+    encoder_hidden_size: int
+    encoder_heads: int
+    encoder_seq_len: int  # tokens the encoder emits (patches + class/distillation tokens)
+    decoder_layers: int
+    decoder_hidden_size: int
+    decoder_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int  # longest decoder sequence the position embeddings allow (incl. start token)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Defaults for `generate()`-equivalent decoding, read from the model's generation config."""
+
+    decoder_start_token_id: int
+    bos_token_id: int | None
+    eos_token_ids: list[int]
+    pad_token_id: int | None
+    max_new_tokens: int
+    min_new_tokens: int
+    num_beams: int
+    length_penalty: float
+    early_stopping: bool | str  # True, False or "never", as in transformers
+    no_repeat_ngram_size: int
+    num_return_sequences: int
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    file: str
+    skip_special_tokens: bool
+    clean_up_tokenization_spaces: bool
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What export measured of one precision against PyTorch (fp32) on its verification images."""
+
+    images: int
+    max_logit_diff: float
+    token_agreement: float  # fraction of generated tokens equal to PyTorch's greedy tokens
+    caption_agreement: float  # fraction of whole captions equal
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format: str
+    format_version: int
+    source: Source
+    architecture: Architecture
+    preprocess: dict[str, Any]  # edgecap.preprocess.PreprocessSpec.to_dict(): validated there
+    generation: Generation
+    tokenizer: TokenizerSpec
+    graphs: dict[str, GraphPair]  # precision -> graphs
+    files: dict[str, str]  # relative path -> sha256 of every file but the manifest
+    verification: dict[str, Verification] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST_FILE) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: expected a JSON object")
+        fmt, version = data.get("format"), data.get("format_version")
+        if fmt != FORMAT:
+            raise BundleError(f"{where}: not an edgecap bundle manifest (format={fmt!r})")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{where}: bundle format version {version!r}, this edgecap reads version {FORMAT_VERSION}; "
+                "re-export the model with this edgecap version"
+            )
+        return _build(cls, data, where)
+
+
+# --- strict decoding of the dataclasses above --------------------------------------------------
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Turn parsed JSON into `tp`, naming the key path of the first thing that does not fit."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise BundleError(f"{where}: expected an object")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - set(fields))
+        required = {
+            n
+            for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
+        missing = sorted(required - set(value))
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append("missing key(s) " + ", ".join(missing))
+            if unknown:
+                parts.append("unknown key(s) " + ", ".join(unknown))
+            raise BundleError(f"{where}: " + "; ".join(parts))
+        return tp(**{k: _build(hints[k], v, f"{where}:{k}") for k, v in value.items()})
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _build(arm, value, where)
+            except BundleError as exc:
+                errors.append(str(exc))
+        raise BundleError(f"{where}: unexpected value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise BundleError(f"{where}: expected a list")
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise BundleError(f"{where}: expected an object")
+        return {k: _build(item, v, f"{where}:{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise BundleError(f"{where}: expected null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise BundleError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise BundleError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise BundleError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise BundleError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"manifest schema has an unsupported type {tp!r}")  # a bug in this module
+
+
+def safe_relative_path(bundle_dir: Path, rel: str, where: str) -> Path:
+    """Resolve a manifest path, refusing anything that could leave the bundle directory."""
+    if not rel or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+        raise BundleError(f"{where}: path {rel!r} must be relative to the bundle directory")
+    parts = rel.replace("\\", "/").split("/")
+    if any(p in ("..", "") for p in parts):
+        raise BundleError(f"{where}: path {rel!r} must stay inside the bundle directory (no '..')")
+    root = bundle_dir.resolve()
+    full = (root / rel).resolve()
+    if root != full and root not in full.parents:
+        raise BundleError(f"{where}: path {rel!r} leaves the bundle directory")
+    return full

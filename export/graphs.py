@@ -1,0 +1,252 @@
+"""ONNX graphs written node by node from family-neutral weights.
+
+We emit the graphs ourselves instead of tracing transformers modules through `torch.onnx`: the
+shapes, the cache layout and the op choices are then ours (no `If` node, no concat-grown cache,
+cross-attention K/V computed once in the encoder graph) and do not move with torch or
+transformers versions. `verify.py` holds them to PyTorch.
+
+Encoder graph:  pixel_values [B,3,H,W] -> cross_key.i [B,h,d,S], cross_value.i [B,h,S,d]
+Decoder step:   input_ids [B,1], step [1], past_key.i [B,h,d,T], past_value.i [B,h,T,d], cross K/V
+                -> logits [B,V], new_key.i [B,h,d,1], new_value.i [B,h,1,d]
+The self-attention cache has a fixed length T per call (the runtime's buffer); slots >= step are
+masked, so one TensorRT profile covers a whole caption.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecap import manifest as mf
+
+from .weights import Attention, Decoder, Encoder, LayerNorm, Linear
+
+OPSET = 17
+_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
+
+
+class GraphBuilder:
+    """A thin, name-managing wrapper over onnx.helper."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.specs_in: list[mf.TensorSpec] = []
+        self.specs_out: list[mf.TensorSpec] = []
+        self._n = 0
+        self._consts: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def input(self, name: str, dtype: str, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
+        self.specs_in.append(mf.TensorSpec(name, dtype, list(shape)))
+        return name
+
+    def output(self, value: str, name: str, dtype: str, shape: list) -> None:
+        self.op("Identity", [value], outputs=[name])
+        self.outputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
+        self.specs_out.append(mf.TensorSpec(name, dtype, list(shape)))
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, value, dtype=np.int64) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.weight(self.fresh("const"), arr)
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | None = None, n_out: int = 1, **attrs) -> str:
+        if outputs is None:
+            outputs = [self.fresh(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(op_type), **attrs))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    # --- layers ----------------------------------------------------------------------------
+
+    def linear(self, x: str, lin: Linear, prefix: str) -> str:
+        y = self.op("MatMul", [x, self.weight(f"{prefix}.weight", lin.w.astype(np.float32))])
+        if lin.b is not None:
+            y = self.op("Add", [y, self.weight(f"{prefix}.bias", lin.b.astype(np.float32))])
+        return y
+
+    def layer_norm(self, x: str, ln: LayerNorm, prefix: str) -> str:
+        return self.op(
+            "LayerNormalization",
+            [x, self.weight(f"{prefix}.weight", ln.w), self.weight(f"{prefix}.bias", ln.b)],
+            axis=-1,
+            epsilon=float(ln.eps),
+        )
+
+    def activation(self, x: str, name: str) -> str:
+        if name == "gelu":  # exact, erf-based
+            e = self.op("Erf", [self.op("Mul", [x, self.const(1 / math.sqrt(2), np.float32)])])
+            return self.op("Mul", [self.op("Mul", [x, self.const(0.5, np.float32)]), self.op("Add", [e, self.const(1.0, np.float32)])])
+        if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+            x3 = self.op("Mul", [self.op("Mul", [x, x]), x])
+            inner = self.op("Add", [x, self.op("Mul", [x3, self.const(0.044715, np.float32)])])
+            t = self.op("Tanh", [self.op("Mul", [inner, self.const(math.sqrt(2 / math.pi), np.float32)])])
+            return self.op("Mul", [self.op("Mul", [x, self.const(0.5, np.float32)]), self.op("Add", [t, self.const(1.0, np.float32)])])
+        if name == "relu":
+            return self.op("Relu", [x])
+        if name == "quick_gelu":
+            return self.op("Mul", [x, self.op("Sigmoid", [self.op("Mul", [x, self.const(1.702, np.float32)])])])
+        if name in ("silu", "swish"):
+            return self.op("Mul", [x, self.op("Sigmoid", [x])])
+        raise ValueError(f"activation {name!r} not implemented")
+
+    def heads(self, x: str, num_heads: int, head_dim: int, transpose_key: bool = False) -> str:
+        """[B, S, h*d] -> [B, h, S, d], or [B, h, d, S] for keys we keep transposed."""
+        r = self.op("Reshape", [x, self.const([0, 0, num_heads, head_dim])])
+        return self.op("Transpose", [r], perm=[0, 2, 3, 1] if transpose_key else [0, 2, 1, 3])
+
+    def merge_heads(self, x: str, hidden: int) -> str:
+        """[B, h, S, d] -> [B, S, h*d]."""
+        t = self.op("Transpose", [x], perm=[0, 2, 1, 3])
+        return self.op("Reshape", [t, self.const([0, 0, hidden])])
+
+    def build(self) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgecap")
+        model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10
+        return model
+
+
+def _self_mha_full(g: GraphBuilder, x: str, att: Attention, heads: int, head_dim: int, hidden: int, p: str) -> str:
+    """Unmasked self-attention over a whole sequence (the encoder)."""
+    q = g.heads(g.linear(x, att.q, f"{p}.q"), heads, head_dim)
+    k = g.heads(g.linear(x, att.k, f"{p}.k"), heads, head_dim, transpose_key=True)
+    v = g.heads(g.linear(x, att.v, f"{p}.v"), heads, head_dim)
+    probs = g.op("Softmax", [g.op("MatMul", [q, k])], axis=-1)
+    return g.linear(g.merge_heads(g.op("MatMul", [probs, v]), hidden), att.o, f"{p}.o")
+
+
+def build_encoder(enc: Encoder, dec: Decoder) -> tuple[onnx.ModelProto, list, list]:
+    """The encoder graph, which also projects every decoder layer's cross-attention K and V."""
+    g = GraphBuilder("edgecap_encoder")
+    h_img, w_img = enc.image_hw
+    px = g.input(mf.PIXEL_VALUES, "float32", ["batch", enc.channels, h_img, w_img])
+    hidden, heads = enc.hidden, enc.num_heads
+    head_dim = hidden // heads
+    conv = g.op(
+        "Conv",
+        [px, g.weight("patch.weight", enc.patch_w), g.weight("patch.bias", enc.patch_b)],
+        kernel_shape=[enc.patch, enc.patch],
+        strides=[enc.patch, enc.patch],
+    )
+    patches = g.op("Transpose", [g.op("Reshape", [conv, g.const([0, hidden, -1])])], perm=[0, 2, 1])
+    # Class/distillation tokens, one copy per image: Expand the constant to the batch.
+    batch = g.op("Gather", [g.op("Shape", [px]), g.const([0])], axis=0)
+    prefix_shape = g.op("Concat", [batch, g.const(list(enc.prefix_tokens.shape))], axis=0)
+    prefix = g.op("Expand", [g.weight("prefix_tokens", enc.prefix_tokens[None]), prefix_shape])
+    x = g.op("Add", [g.op("Concat", [prefix, patches], axis=1), g.weight("pos_emb", enc.pos_emb[None])])
+    for i, layer in enumerate(enc.layers):
+        p = f"enc.{i}"
+        a = _self_mha_full(g, g.layer_norm(x, layer.ln_attn, f"{p}.ln1"), layer.attn, heads, head_dim, hidden, f"{p}.attn")
+        x = g.op("Add", [x, a])
+        m = g.linear(g.activation(g.linear(g.layer_norm(x, layer.ln_mlp, f"{p}.ln2"), layer.fc1, f"{p}.fc1"), layer.act), layer.fc2, f"{p}.fc2")
+        x = g.op("Add", [x, m])
+    if enc.final_ln is not None:
+        x = g.layer_norm(x, enc.final_ln, "enc.ln_f")
+    if enc.to_decoder is not None:
+        x = g.linear(x, enc.to_decoder, "enc_to_dec")
+    seq = enc.seq_len
+    for i, layer in enumerate(dec.layers):
+        ca = layer.cross_attn
+        k = g.heads(g.linear(x, ca.k, f"dec.{i}.cross.k"), dec.num_heads, dec.head_dim, transpose_key=True)
+        v = g.heads(g.linear(x, ca.v, f"dec.{i}.cross.v"), dec.num_heads, dec.head_dim)
+        g.output(k, mf.cross_key(i), "float32", ["batch", dec.num_heads, dec.head_dim, seq])
+        g.output(v, mf.cross_value(i), "float32", ["batch", dec.num_heads, seq, dec.head_dim])
+    return g.build(), g.specs_in, g.specs_out
+
+
+def build_decoder_step(dec: Decoder, enc_seq: int) -> tuple[onnx.ModelProto, list, list]:
+    """One KV-cached decoder step over a fixed-length, masked self-attention cache."""
+    g = GraphBuilder("edgecap_decoder_step")
+    heads, head_dim, hidden = dec.num_heads, dec.head_dim, dec.hidden
+    ids = g.input(mf.INPUT_IDS, "int64", ["batch", 1])
+    step = g.input(mf.STEP, "int64", [1])
+    pasts = []
+    for i in range(len(dec.layers)):
+        pk = g.input(mf.past_key(i), "float32", ["batch", heads, head_dim, "cache_len"])
+        pv = g.input(mf.past_value(i), "float32", ["batch", heads, "cache_len", head_dim])
+        pasts.append((pk, pv))
+    crosses = []
+    for i in range(len(dec.layers)):
+        ck = g.input(mf.cross_key(i), "float32", ["batch", heads, head_dim, enc_seq])
+        cv = g.input(mf.cross_value(i), "float32", ["batch", heads, enc_seq, head_dim])
+        crosses.append((ck, cv))
+
+    # Embeddings: token + position (position rule from the family, see weights.Decoder).
+    tok = g.op("Gather", [g.weight("token_emb", dec.token_emb), ids], axis=0)  # [B,1,E]
+    if dec.position_kind == "offset":
+        pos_idx = g.op("Add", [step, g.const([dec.pos_offset])]) if dec.pos_offset else step
+        pos = g.op("Gather", [g.weight("pos_table", dec.pos_table), pos_idx], axis=0)  # [1,E]
+    elif dec.position_kind == "nonpad":
+        counted = g.op("Add", [step, g.const([dec.pad_idx + 1])])  # [1]
+        is_pad = g.op("Equal", [ids, g.const(dec.pad_idx)])  # [B,1]
+        pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B,1]
+        pos = g.op("Gather", [g.weight("pos_table", dec.pos_table), pos_idx], axis=0)  # [B,1,E]
+    else:
+        raise ValueError(f"unknown position kind {dec.position_kind!r}")
+    x = g.op("Add", [tok, pos])
+    if dec.emb_ln is not None:
+        x = g.layer_norm(x, dec.emb_ln, "dec.emb_ln")
+
+    # Mask of valid cache slots: slot < step -> 0, else -inf. Built once, shared by all layers.
+    cache_len = g.op("Gather", [g.op("Shape", [pasts[0][1]]), g.const([2])], axis=0)
+    slots = g.op("Range", [g.const(0), g.op("Squeeze", [cache_len]), g.const(1)])
+    valid = g.op("Less", [slots, step])
+    bias = g.op("Where", [valid, g.const(0.0, np.float32), g.const(-np.inf, np.float32)])  # [T]
+
+    for i, layer in enumerate(dec.layers):
+        p = f"dec.{i}"
+        pk, pv = pasts[i]
+        ck, cv = crosses[i]
+        # self-attention over cache slots [0, step) plus this token
+        h = g.layer_norm(x, layer.ln_self, f"{p}.ln_self") if dec.pre_norm else x
+        sa = layer.self_attn
+        q = g.heads(g.linear(h, sa.q, f"{p}.self.q"), heads, head_dim)  # [B,h,1,d]
+        k_new = g.heads(g.linear(h, sa.k, f"{p}.self.k"), heads, head_dim, transpose_key=True)  # [B,h,d,1]
+        v_new = g.heads(g.linear(h, sa.v, f"{p}.self.v"), heads, head_dim)  # [B,h,1,d]
+        g.output(k_new, mf.new_key(i), "float32", ["batch", heads, head_dim, 1])
+        g.output(v_new, mf.new_value(i), "float32", ["batch", heads, 1, head_dim])
+        s_past = g.op("Add", [g.op("MatMul", [q, pk]), bias])  # [B,h,1,T]
+        s_new = g.op("MatMul", [q, k_new])  # [B,h,1,1]
+        probs = g.op("Softmax", [g.op("Concat", [s_past, s_new], axis=-1)], axis=-1)
+        p_past, p_new = g.op("Split", [probs, g.op("Concat", [cache_len, g.const([1])], axis=0)], axis=-1, n_out=2)
+        ctx = g.op("Add", [g.op("MatMul", [p_past, pv]), g.op("Mul", [p_new, v_new])])
+        a = g.linear(g.merge_heads(ctx, hidden), sa.o, f"{p}.self.o")
+        x = g.op("Add", [x, a])
+        if not dec.pre_norm:
+            x = g.layer_norm(x, layer.ln_self, f"{p}.ln_self")
+        # cross-attention on K/V the encoder graph projected once per image
+        h = g.layer_norm(x, layer.ln_cross, f"{p}.ln_cross") if dec.pre_norm else x
+        cq = g.heads(g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), heads, head_dim)
+        cprobs = g.op("Softmax", [g.op("MatMul", [cq, ck])], axis=-1)
+        a = g.linear(g.merge_heads(g.op("MatMul", [cprobs, cv]), hidden), layer.cross_attn.o, f"{p}.cross.o")
+        x = g.op("Add", [x, a])
+        if not dec.pre_norm:
+            x = g.layer_norm(x, layer.ln_cross, f"{p}.ln_cross")
+        # feed-forward
+        h = g.layer_norm(x, layer.ln_mlp, f"{p}.ln_mlp") if dec.pre_norm else x
+        m = g.linear(g.activation(g.linear(h, layer.fc1, f"{p}.fc1"), layer.act), layer.fc2, f"{p}.fc2")
+        x = g.op("Add", [x, m])
+        if not dec.pre_norm:
+            x = g.layer_norm(x, layer.ln_mlp, f"{p}.ln_mlp")
+    if dec.final_ln is not None:
+        x = g.layer_norm(x, dec.final_ln, "dec.ln_f")
+    last = g.op("Reshape", [x, g.const([-1, hidden])])  # [B,E]: one position per step
+    g.output(g.linear(last, dec.lm_head, "lm_head"), mf.LOGITS, "float32", ["batch", dec.vocab])
+    return g.build(), g.specs_in, g.specs_out

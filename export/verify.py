@@ -1,0 +1,98 @@
+"""Hold exported graphs to PyTorch: logits step by step, and greedy tokens end to end.
+
+Verification runs the bundle through the runtime itself (`edgecap.Captioner`), so what is
+checked is exactly what users will run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgecap import Captioner, GenerationOptions
+from edgecap import manifest as mf
+from edgecap.preprocess import PreprocessSpec
+
+
+def verification_images(spec: PreprocessSpec, count: int, seed: int = 0) -> np.ndarray:
+    """Deterministic images (smooth colour fields + noise) run through the real preprocessing."""
+    rng = np.random.default_rng(seed)
+    h, w = 96, 128
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
+    images = []
+    for _ in range(count):
+        base = rng.uniform(0, 255, size=(3, 1, 1)) * (1 - xx) + rng.uniform(0, 255, size=(3, 1, 1)) * yy
+        noise = rng.normal(0, 30, size=(3, h, w))
+        images.append(np.clip(base + noise, 0, 255).astype(np.uint8).transpose(1, 2, 0))
+    from edgecap.preprocess import preprocess
+
+    return preprocess(images, spec)
+
+
+def _cut(tokens: list[int], eos: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def torch_greedy(hf_model, pixels: np.ndarray, gen: mf.Generation) -> list[list[int]]:
+    with torch.no_grad():
+        out = hf_model.generate(
+            pixel_values=torch.from_numpy(pixels),
+            num_beams=1,
+            do_sample=False,
+            max_new_tokens=gen.max_new_tokens,
+            min_new_tokens=gen.min_new_tokens,
+            no_repeat_ngram_size=gen.no_repeat_ngram_size,
+            decoder_start_token_id=gen.decoder_start_token_id,
+            eos_token_id=gen.eos_token_ids or None,
+            pad_token_id=gen.pad_token_id,
+        )
+    eos = set(gen.eos_token_ids)
+    return [_cut(row[1:], eos) for row in out.tolist()]
+
+
+def verify_precision(
+    hf_model, bundle_dir: Path, precision: str, spec: PreprocessSpec, count: int, gen: mf.Generation
+) -> mf.Verification:
+    pixels = verification_images(spec, count)
+    ref = torch_greedy(hf_model, pixels, gen)
+    cap = Captioner(bundle_dir, precision=precision, backend="cpu", verify_checksums=False)
+    encoded = cap.encode(pixels)
+    ours = [h[0].token_ids for h in cap.decode(encoded, GenerationOptions(num_beams=1))]
+
+    # logits, teacher-forced along PyTorch's own greedy tokens
+    steps = max(len(r) for r in ref)
+    seqs = np.full((count, steps + 1), gen.pad_token_id or 0, dtype=np.int64)
+    seqs[:, 0] = gen.decoder_start_token_id
+    for i, r in enumerate(ref):
+        seqs[i, 1 : 1 + len(r)] = r
+    with torch.no_grad():
+        torch_logits = hf_model(
+            pixel_values=torch.from_numpy(pixels), decoder_input_ids=torch.from_numpy(seqs[:, :steps])
+        ).logits.float().numpy()
+    decoder = cap._decoder
+    decoder.set_encoded(encoded)
+    decoder.begin(np.arange(count), steps)
+    max_diff = 0.0
+    for t in range(steps):
+        logits = decoder.step(seqs[:, t], t)
+        for i, r in enumerate(ref):
+            if t < len(r):  # positions after a row's eos are padding that generate() never feeds
+                max_diff = max(max_diff, float(np.abs(logits[i] - torch_logits[i, t]).max()))
+
+    agree = total = 0
+    for a, b in zip(ours, ref):
+        n = max(len(a), len(b))
+        total += n
+        agree += sum(1 for x, y in zip(a, b) if x == y)
+    captions_equal = sum(1 for a, b in zip(ours, ref) if list(a) == list(b))
+    return mf.Verification(
+        images=count,
+        max_logit_diff=max_diff,
+        token_agreement=agree / max(1, total),
+        caption_agreement=captions_equal / max(1, count),
+    )

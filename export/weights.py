@@ -1,0 +1,117 @@
+"""Family-neutral weights: what the graph builders consume.
+
+Every supported encoder or decoder family is reduced to these few dataclasses (numpy float32,
+matrices laid out [in, out] so a graph multiplies `x @ w`). The graph builders never see a
+family name, so adding a family is one extractor in `families.py`, not a new graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Array = np.ndarray
+
+
+@dataclass
+class Linear:
+    w: Array  # [in, out]
+    b: Array | None  # [out]
+
+
+@dataclass
+class LayerNorm:
+    w: Array
+    b: Array
+    eps: float
+
+
+@dataclass
+class Attention:
+    """Multi-head attention projections. `q` already carries the 1/sqrt(head_dim) scaling."""
+
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+
+
+@dataclass
+class EncoderLayer:
+    """A pre-norm transformer encoder layer (ViT, DeiT, BEiT-like)."""
+
+    ln_attn: LayerNorm
+    attn: Attention
+    ln_mlp: LayerNorm
+    fc1: Linear
+    fc2: Linear
+    act: str
+
+
+@dataclass
+class Encoder:
+    patch_w: Array  # [hidden, channels, patch, patch]
+    patch_b: Array
+    prefix_tokens: Array  # [n_prefix, hidden]: class (and distillation) tokens, prepended in order
+    pos_emb: Array  # [n_prefix + n_patches, hidden]
+    layers: list[EncoderLayer]
+    final_ln: LayerNorm | None
+    num_heads: int
+    image_hw: tuple[int, int]
+    patch: int
+    channels: int
+    to_decoder: Linear | None  # enc_to_dec_proj when encoder and decoder widths differ
+
+    @property
+    def hidden(self) -> int:
+        return int(self.patch_w.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.pos_emb.shape[0])
+
+
+@dataclass
+class DecoderLayer:
+    self_attn: Attention
+    cross_attn: Attention  # k and v act on encoder states (projected once per image)
+    ln_self: LayerNorm
+    ln_cross: LayerNorm
+    ln_mlp: LayerNorm
+    fc1: Linear
+    fc2: Linear
+    act: str
+
+
+@dataclass
+class Decoder:
+    """A decoder with cross-attention: GPT-2 (pre-norm) and TrOCR/BART (post-norm) both fit."""
+
+    token_emb: Array  # [vocab, hidden], already multiplied by any embedding scale
+    pos_table: Array  # [positions, hidden]
+    # How the position of the token fed at step `s` is found in pos_table:
+    #   "offset": s + pos_offset (GPT-2: 0; TrOCR learned: 2)
+    #   "nonpad": pad_idx + 1 + s, or pad_idx if the token is the pad token (fairseq sinusoidal)
+    position_kind: str
+    pos_offset: int
+    pad_idx: int | None
+    emb_ln: LayerNorm | None
+    layers: list[DecoderLayer]
+    final_ln: LayerNorm | None
+    lm_head: Linear  # [hidden, vocab]
+    num_heads: int
+    pre_norm: bool
+    max_positions: int
+
+    @property
+    def hidden(self) -> int:
+        return int(self.token_emb.shape[1])
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.num_heads
+
+    @property
+    def vocab(self) -> int:
+        return int(self.lm_head.w.shape[1])

@@ -1,0 +1,108 @@
+"""Tiny random VisionEncoderDecoder checkpoints built from configs (no downloads).
+
+Following DESIGN.md section 4: untied embeddings and a wide init (std 0.2) so captions depend on
+the image and logits are decisive (no near-ties to make parity flaky).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    DeiTConfig,
+    GPT2Config,
+    PreTrainedTokenizerFast,
+    TrOCRConfig,
+    ViTConfig,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+)
+
+VOCAB = 96
+PAIRS = [("vit", "gpt2"), ("deit", "gpt2"), ("vit", "trocr"), ("deit", "trocr")]
+
+
+def encoder_config(kind: str, hidden: int = 48):
+    common = dict(
+        hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+        image_size=32, patch_size=8, initializer_range=0.2,
+    )
+    return ViTConfig(**common) if kind == "vit" else DeiTConfig(**common)
+
+
+def decoder_config(kind: str, hidden: int = 64, **overrides):
+    if kind == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=VOCAB, n_embd=hidden, n_layer=2, n_head=4, n_positions=40, add_cross_attention=True,
+            is_decoder=True, tie_word_embeddings=False, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
+        )
+    else:
+        cfg = TrOCRConfig(
+            vocab_size=VOCAB, d_model=hidden, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=96,
+            max_position_embeddings=40, is_decoder=True, tie_word_embeddings=False, init_std=0.2,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+            use_learned_position_embeddings=overrides.pop("use_learned_position_embeddings", True),
+            layernorm_embedding=overrides.pop("layernorm_embedding", True),
+            scale_embedding=overrides.pop("scale_embedding", False),
+        )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": i for i in range(4, VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def build(
+    out: Path,
+    encoder: str = "vit",
+    decoder: str = "gpt2",
+    seed: int = 0,
+    start: int | None = None,
+    eos: int | list[int] = 2,
+    pad: int = 1,
+    max_new_tokens: int = 12,
+    enc_hidden: int = 48,
+    dec_hidden: int = 64,
+    processor: dict | None = None,
+    **decoder_overrides,
+) -> Path:
+    """Write a tiny random checkpoint (model + tokenizer + preprocessor config) to `out`."""
+    torch.manual_seed(seed)
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        encoder_config(encoder, enc_hidden), decoder_config(decoder, dec_hidden, **decoder_overrides)
+    )
+    cfg.tie_word_embeddings = False
+    model = VisionEncoderDecoderModel(config=cfg).eval()
+    start = (1 if decoder == "gpt2" else 2) if start is None else start
+    for c in (model.config, model.generation_config):
+        c.decoder_start_token_id = start
+        c.pad_token_id = pad
+        c.eos_token_id = eos
+    model.generation_config.bos_token_id = 1 if decoder == "gpt2" else 0
+    model.generation_config.max_new_tokens = max_new_tokens
+    model.generation_config.max_length = None
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer().save_pretrained(out)
+    if processor is None:
+        if encoder == "deit":
+            processor = {
+                "image_processor_type": "DeiTImageProcessor", "size": {"height": 40, "width": 40},
+                "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "resample": 3,
+            }
+        else:
+            processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}}
+    (out / "preprocessor_config.json").write_text(json.dumps(processor))
+    return out
