@@ -59,6 +59,7 @@ def load_model(model: str):
         raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder'")
     families.check_supported(config.encoder.model_type, config.decoder.model_type)
     hf_model = VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager").eval()
+    families.repair_loaded(hf_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:

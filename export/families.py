@@ -40,6 +40,20 @@ def register_decoder(*model_types: str):
     return deco
 
 
+def repair_loaded(model: Any) -> None:
+    """Undo known loading glitches of transformers before we verify against it.
+
+    transformers 5.x `from_pretrained` leaves TrOCR's sinusoidal position table (a plain tensor
+    attribute, not a buffer) on the meta device, so the PyTorch reference itself cannot run.
+    It is a pure function of the config: rebuild it.
+    """
+    dec = getattr(getattr(getattr(model, "decoder", None), "model", None), "decoder", None)
+    pos = getattr(dec, "embed_positions", None)
+    weights = getattr(pos, "weights", None)
+    if weights is not None and getattr(weights, "is_meta", False):
+        pos.weights = pos.get_embedding(weights.shape[0], pos.embedding_dim, pos.padding_idx)
+
+
 def check_supported(encoder_type: str, decoder_type: str) -> None:
     """Fail at once, before any work, for a family edgecap cannot export."""
     for kind, model_type, table in (("encoder", encoder_type, ENCODERS), ("decoder", decoder_type, DECODERS)):

@@ -1,0 +1,194 @@
+"""`edgecap` command line: caption images, export models.
+
+Exit codes: 0 success; 1 some inputs failed (the others were still processed); 2 usage, bundle or
+export errors; 3 an internal error (a bug: rerun with --debug and report the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from . import __version__
+from .errors import EdgecapError, ImageError
+
+log = logging.getLogger("edgecap")
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _say(message: str) -> None:
+    print(f"edgecap: {message}", file=sys.stderr, flush=True)
+
+
+def expand_inputs(patterns: Sequence[str]) -> Iterator[tuple[str, str | None]]:
+    """(path, problem) for each input: files as given, image files inside directories, glob matches."""
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(p for p in Path(pattern).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                yield pattern, "directory contains no image files"
+            for p in found:
+                yield str(p), None
+        elif os.path.exists(pattern):
+            yield pattern, None
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                yield pattern, "no files match this pattern"
+            for m in matches:
+                if os.path.isfile(m):
+                    yield m, None
+        else:
+            yield pattern, "file not found"
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation (default: the bundle's generation config)")
+    g.add_argument("--beams", type=int, dest="num_beams", metavar="N", help="beam width; 1 = greedy")
+    g.add_argument("--max-new-tokens", type=int, metavar="N", help="longest caption, in tokens")
+    g.add_argument("--min-new-tokens", type=int, metavar="N", help="shortest caption, in tokens")
+    g.add_argument("--length-penalty", type=float, metavar="X", help="beam search length penalty")
+    g.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="forbid repeating n-grams of this size")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--bundle", metavar="DIR", help="bundle directory from `edgecap export` (default: the bundled demo model)")
+    g.add_argument("--precision", metavar="P", help="graphs to run: fp32, int8, ... (default: the best the bundle has)")
+    g.add_argument("--backend", metavar="B", default="auto", help="cpu or auto (default: auto)")
+    g.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecap",
+        description="Caption images with Hugging Face VisionEncoderDecoder models exported to ONNX.",
+        epilog="Exit codes: 0 ok, 1 some inputs failed, 2 usage/bundle/export error, 3 internal error.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgecap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    cap = sub.add_parser(
+        "caption",
+        help="caption image files, directories and globs",
+        description="Caption images. Prints PATH<TAB>CAPTION per image (or JSON lines with --json). "
+        "A bad input is reported on stderr and the rest are still captioned.",
+    )
+    cap.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories of images, or glob patterns")
+    cap.add_argument("--json", action="store_true", help="print one JSON object per image")
+    cap.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default: 8)")
+    _add_model_args(cap)
+    _add_generation_args(cap)
+    cap.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+
+    exp = sub.add_parser(
+        "export",
+        help="export a Hugging Face VisionEncoderDecoder model to a bundle (needs edgecap[export])",
+        description="Export a VisionEncoderDecoderModel (local directory or hub id) to an edgecap bundle: "
+        "encoder graph with cross-attention K/V, KV-cached decoder-step graph, tokenizer, manifest. "
+        "The graphs are verified against PyTorch; nothing is written if verification fails.",
+    )
+    exp.add_argument("model", metavar="MODEL", help="model directory (or hub id where a network exists)")
+    exp.add_argument("outdir", metavar="OUTDIR", help="bundle directory to create (must not exist or be empty)")
+    exp.add_argument("--verify-images", type=int, default=4, metavar="N", help="random images checked against PyTorch")
+    exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    return parser
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from .captioner import Captioner
+    from .options import GenerationOptions
+    from .preprocess import load_image
+
+    options = GenerationOptions(
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+    )
+    if args.batch_size < 1:
+        raise EdgecapError("--batch-size must be >= 1")
+    captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
+    captioner.resolve_options(options)  # bad options fail before any image is read
+    failed = 0
+    pending: list[tuple[str, object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        caps = captioner.caption([img for _, img in pending], options=options, batch_size=len(pending))
+        for (path, _), c in zip(pending, caps):
+            if args.json:
+                line = json.dumps({"path": path, "caption": c.text, "score": c.score, "token_ids": list(c.token_ids)})
+            else:
+                line = f"{path}\t{c.text}"
+            print(line, flush=True)
+        pending.clear()
+
+    for path, problem in expand_inputs(args.paths):
+        if problem is None:
+            try:
+                pending.append((path, load_image(path)))
+            except ImageError as exc:
+                problem = exc.problem
+        if problem is not None:
+            failed += 1
+            _say(f"{path}: {problem}")
+        if len(pending) >= args.batch_size:
+            flush()
+    flush()
+    return EXIT_INPUT_FAILED if failed else EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from edgecap_export.exporter import ExportOptions, export
+    except ImportError as exc:
+        raise EdgecapError(
+            f"`edgecap export` needs the exporter's dependencies ({exc.name or exc} is missing): "
+            "pip install 'edgecap[export]'"
+        ) from None
+    out = export(args.model, args.outdir, ExportOptions(verify_images=args.verify_images))
+    _say(f"wrote bundle {out}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="edgecap: %(message)s")
+    if not debug:  # library chatter below warnings stays out of a user's terminal
+        for name in ("edgecap.captioner", "edgecap.bundle", "edgecap.backends"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return {"caption": _caption, "export": _export}[args.command](args)
+    except EdgecapError as exc:
+        if debug:
+            raise
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as exc:  # a bug: one line unless --debug
+        if debug:
+            raise
+        _say(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Token-for-token parity with transformers `generate()` for every supported encoder x decoder pair."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, VisionEncoderDecoderModel
+
+from edgecap import Captioner
+from edgecap_export.families import repair_loaded
+
+import tiny
+
+PAIRS = tiny.PAIRS
+
+
+def hf_generate(ckpt, pixels: np.ndarray, **kwargs):
+    model = VisionEncoderDecoderModel.from_pretrained(ckpt, attn_implementation="eager").eval()
+    repair_loaded(model)  # transformers' own loading glitch, see families.repair_loaded
+    with torch.no_grad():
+        return model.generate(
+            pixel_values=torch.from_numpy(pixels), do_sample=False, return_dict_in_generate=True, output_scores=True,
+            **kwargs,
+        )
+
+
+def strip(row: list[int], eos: set[int]) -> tuple[int, ...]:
+    """A transformers output row -> token ids without start token, through eos, no padding."""
+    row = row[1:]
+    for i, t in enumerate(row):
+        if t in eos:
+            return tuple(row[: i + 1])
+    return tuple(row)
+
+
+def check_parity(ckpt, bundle, images, num_return_sequences=1, **gen):
+    cap = Captioner(bundle, precision="fp32", backend="cpu")
+    pixels = cap.preprocess(images)
+    eos = set(cap.generation_defaults.eos_token_ids)
+    ours = cap.caption(images, num_return_sequences=num_return_sequences, **gen)
+    ref = hf_generate(ckpt, pixels, num_return_sequences=num_return_sequences, **gen)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    rows = ref.sequences.tolist()
+    for i, c in enumerate(ours):
+        hyps = [c, *c.alternatives]
+        assert len(hyps) == num_return_sequences
+        for j, h in enumerate(hyps):
+            expected = strip(rows[i * num_return_sequences + j], eos)
+            assert h.token_ids == expected, f"image {i} hypothesis {j}"
+            assert h.text == tok.decode(list(expected), skip_special_tokens=True)
+            if gen.get("num_beams", 1) > 1:
+                assert h.score == pytest.approx(float(ref.sequences_scores[i * num_return_sequences + j]), rel=1e-4, abs=1e-4)
+    if gen.get("num_beams", 1) == 1:  # greedy score = sum of log-probs of the chosen (processed) scores
+        for i, c in enumerate(ours):
+            total = sum(
+                float(torch.log_softmax(ref.scores[t][i], -1)[tok_id]) for t, tok_id in enumerate(c.token_ids)
+            )
+            assert c.score == pytest.approx(total, rel=1e-4, abs=1e-4)
+    return ours
+
+
+@pytest.mark.parametrize("encoder,decoder", PAIRS)
+def test_greedy_batch(export_tiny, sample_images, encoder, decoder):
+    ckpt, bundle = export_tiny(encoder, decoder)
+    caps = check_parity(ckpt, bundle, sample_images, num_beams=1)
+    assert len({c.token_ids for c in caps}) > 1, "captions should depend on the image"
+
+
+@pytest.mark.parametrize("encoder,decoder", PAIRS)
+@pytest.mark.parametrize(
+    "gen",
+    [
+        dict(num_beams=3),
+        dict(num_beams=4, length_penalty=0.6, num_return_sequences=2),
+        dict(num_beams=4, length_penalty=1.7, early_stopping=True),
+        dict(num_beams=3, no_repeat_ngram_size=2, early_stopping="never"),
+        dict(num_beams=4, min_new_tokens=5, length_penalty=2.0, early_stopping="never"),
+    ],
+    ids=["b3", "b4-lp0.6-ret2", "b4-lp1.7-early", "b3-norepeat2-never", "b4-min5-never"],
+)
+def test_beam_search(export_tiny, sample_images, encoder, decoder, gen):
+    ckpt, bundle = export_tiny(encoder, decoder)
+    check_parity(ckpt, bundle, sample_images, **gen)
+
+
+@pytest.mark.parametrize("encoder,decoder", [("vit", "gpt2"), ("deit", "trocr")])
+def test_eos_at_different_steps(export_tiny, sample_images, tmp_path, encoder, decoder):
+    """Declare a token greedy emits mid-way as eos: sequences then finish at different steps."""
+    ckpt, bundle = export_tiny(encoder, decoder)
+    first = Captioner(bundle, precision="fp32").caption(sample_images, num_beams=1)
+    lengths_for = {}
+    for tok_id in {t for c in first for t in c.token_ids[1:-1]}:
+        ends = tuple(c.token_ids.index(tok_id) if tok_id in c.token_ids else None for c in first)
+        if sum(e is not None for e in ends) >= 2 and len(set(ends)) >= 2:
+            lengths_for[tok_id] = ends
+    assert lengths_for, "no token suitable as a mid-way eos"
+    new_eos = sorted(lengths_for)[0]
+    ckpt2 = tmp_path / "ckpt"
+    shutil.copytree(ckpt, ckpt2)
+    gen_cfg = json.loads((ckpt2 / "generation_config.json").read_text())
+    gen_cfg["eos_token_id"] = new_eos
+    (ckpt2 / "generation_config.json").write_text(json.dumps(gen_cfg))
+    from edgecap_export.exporter import export
+
+    bundle2 = export(str(ckpt2), tmp_path / "bundle")
+    for gen in (dict(num_beams=1), dict(num_beams=3), dict(num_beams=4, length_penalty=0.5)):
+        caps = check_parity(ckpt2, bundle2, sample_images, **gen)
+    caps = Captioner(bundle2, precision="fp32").caption(sample_images, num_beams=1)
+    assert len({len(c.token_ids) for c in caps}) >= 2
+    assert any(c.token_ids[-1] == new_eos for c in caps)
+
+
+def test_start_equals_eos_and_pad(export_tiny, sample_images):
+    """vit-gpt2 style: decoder start, eos and pad are the same token."""
+    ckpt, bundle = export_tiny("vit", "gpt2", start=2, eos=2, pad=2)
+    for gen in (dict(num_beams=1), dict(num_beams=4), dict(num_beams=3, no_repeat_ngram_size=2)):
+        check_parity(ckpt, bundle, sample_images, **gen)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(use_learned_position_embeddings=False, scale_embedding=True),  # fairseq sinusoidal positions
+        dict(layernorm_embedding=False, activation_function="relu"),
+    ],
+    ids=["sinusoidal-scaled", "no-emb-ln-relu"],
+)
+def test_trocr_variants(export_tiny, sample_images, overrides):
+    ckpt, bundle = export_tiny("vit", "trocr", **overrides)
+    for gen in (dict(num_beams=1), dict(num_beams=3)):
+        check_parity(ckpt, bundle, sample_images, **gen)
+
+
+def test_encoder_decoder_width_projection(export_tiny, sample_images):
+    """Different encoder and decoder widths: enc_to_dec_proj is folded into the encoder graph."""
+    ckpt, bundle = export_tiny("deit", "gpt2", enc_hidden=32, dec_hidden=64)
+    check_parity(ckpt, bundle, sample_images, num_beams=1)
+    check_parity(ckpt, bundle, sample_images, num_beams=3)
