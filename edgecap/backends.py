@@ -90,8 +90,10 @@ class OrtEncoder:
 class OrtStepDecoder:
     """A `decoding.StepModel` over the decoder-step graph with a fixed-length, reused cache."""
 
-    def __init__(self, session: ort.InferenceSession, arch: mf.Architecture) -> None:
+    def __init__(self, session: ort.InferenceSession, arch: mf.Architecture, graph: mf.GraphSpec) -> None:
         self.session = session
+        dtypes = {t.name: t.dtype for t in graph.inputs}
+        self.cache_dtype = np.dtype(dtypes[mf.past_key(0)])  # float16 graphs keep a float16 cache
         self.arch = arch
         self.layers = arch.decoder_layers
         self.output_names = [mf.LOGITS] + [n for i in range(self.layers) for n in (mf.new_key(i), mf.new_value(i))]
@@ -113,8 +115,9 @@ class OrtStepDecoder:
         h, d = self.arch.decoder_heads, self.arch.head_dim
         cache_len = max(1, max_steps)
         if not self._keys or self._keys[0].shape != (n, h, d, cache_len):
-            self._keys = [np.zeros((n, h, d, cache_len), np.float32) for _ in range(self.layers)]
-            self._values = [np.zeros((n, h, cache_len, d), np.float32) for _ in range(self.layers)]
+            # reallocated only when the batch x beams or the caption length changes
+            self._keys = [np.zeros((n, h, d, cache_len), self.cache_dtype) for _ in range(self.layers)]
+            self._values = [np.zeros((n, h, cache_len, d), self.cache_dtype) for _ in range(self.layers)]
         self._feeds = dict(self.cross)
         for i in range(self.layers):
             self._feeds[mf.past_key(i)] = self._keys[i]

@@ -78,7 +78,9 @@ class Captioner:
         pair = self.bundle.graphs(self.precision)
         sopts = SessionOptions(threads=threads)
         self._encoder = OrtEncoder(create_session(self.bundle, pair.encoder, self.backend, sopts))
-        self._decoder = OrtStepDecoder(create_session(self.bundle, pair.decoder, self.backend, sopts), man.architecture)
+        self._decoder = OrtStepDecoder(
+            create_session(self.bundle, pair.decoder, self.backend, sopts), man.architecture, pair.decoder
+        )
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)

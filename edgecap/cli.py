@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("model", metavar="MODEL", help="model directory (or hub id where a network exists)")
     exp.add_argument("outdir", metavar="OUTDIR", help="bundle directory to create (must not exist or be empty)")
+    exp.add_argument(
+        "--precision", default="fp32,int8", metavar="LIST",
+        help="comma-separated precisions to write: fp32 (always), int8, fp16, int4 (default: fp32,int8)",
+    )
+    exp.add_argument(
+        "--min-agreement", type=float, default=0.95, metavar="X",
+        help="a reduced precision whose greedy captions equal fp32's on less than this fraction of the "
+        "evaluation images is not written (default: 0.95)",
+    )
+    exp.add_argument("--eval-images", metavar="DIR", help="images for that agreement (default: 32 random images)")
     exp.add_argument("--verify-images", type=int, default=4, metavar="N", help="random images checked against PyTorch")
     exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     return parser
@@ -157,7 +167,22 @@ def _export(args: argparse.Namespace) -> int:
             f"`edgecap export` needs the exporter's dependencies ({exc.name or exc} is missing): "
             "pip install 'edgecap[export]'"
         ) from None
-    out = export(args.model, args.outdir, ExportOptions(verify_images=args.verify_images))
+    eval_images: tuple[str, ...] = ()
+    if args.eval_images:
+        eval_images = tuple(p for p, problem in expand_inputs([args.eval_images]) if problem is None)
+        if not eval_images:
+            raise EdgecapError(f"{args.eval_images}: no images to evaluate precisions on")
+    precisions = tuple(dict.fromkeys(["fp32"] + [p.strip() for p in args.precision.split(",") if p.strip()]))
+    out = export(
+        args.model,
+        args.outdir,
+        ExportOptions(
+            precisions=precisions,
+            verify_images=args.verify_images,
+            min_caption_agreement=args.min_agreement,
+            eval_images=eval_images,
+        ),
+    )
     _say(f"wrote bundle {out}")
     return EXIT_OK
 

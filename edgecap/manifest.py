@@ -138,11 +138,17 @@ class TokenizerSpec:
 
 @dataclass(frozen=True)
 class Verification:
-    """What export measured of one precision against PyTorch (fp32) on its verification images."""
+    """What export measured of one precision.
 
+    max_logit_diff is against PyTorch, teacher-forced along PyTorch's greedy tokens; the agreement
+    rates compare greedy captions with `reference` ("pytorch" for fp32, "fp32" graphs for the
+    reduced precisions) on `images` evaluation images.
+    """
+
+    reference: str
     images: int
     max_logit_diff: float
-    token_agreement: float  # fraction of generated tokens equal to PyTorch's greedy tokens
+    token_agreement: float  # fraction of generated token positions equal to the reference
     caption_agreement: float  # fraction of whole captions equal
 
 

@@ -24,7 +24,7 @@ from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
 from edgecap.preprocess import PreprocessSpec
 
-from . import families, graphs, verify
+from . import families, graphs, quantize, verify
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,14 @@ class ExportError(EdgecapError):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    verify_images: int = 4  # random inputs used to check the graphs against PyTorch
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    verify_images: int = 4  # random inputs used to check the fp32 graphs against PyTorch
     max_logit_diff: float = 1e-3  # fp32 graphs must match PyTorch this closely
     min_token_agreement: float = 1.0  # fp32: greedy tokens must all be equal
+    min_caption_agreement: float = 0.95  # reduced precisions: captions equal to fp32's, else not written
+    eval_images: tuple[str, ...] = ()  # images for the precision agreement; default: 32 random images
+    int8_per_channel: bool = True
+    int4_block_size: int = 32
 
 
 def _library_versions() -> dict[str, str]:
@@ -121,9 +126,60 @@ def _save_graph(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path))
 
 
+def _graph_spec(root: Path, rel: str) -> mf.GraphSpec:
+    """Signature of a saved graph, read back from the file (quantizers may rename nothing, but check)."""
+    from onnx import TensorProto
+
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64"}
+    model = onnx.load(str(root / rel), load_external_data=False)
+
+    def specs(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+            out.append(mf.TensorSpec(v.name, names[t.elem_type], dims))
+        return out
+
+    return mf.GraphSpec(rel, specs(model.graph.input), specs(model.graph.output))
+
+
+def _check_precisions(precisions: tuple[str, ...]) -> None:
+    unknown = [p for p in precisions if p not in quantize.PRECISIONS]
+    if unknown:
+        raise ExportError(f"unknown precision(s) {', '.join(unknown)}; available: {', '.join(quantize.PRECISIONS)}")
+
+
+def _build_precision(prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str]) -> mf.GraphPair:
+    """Write one precision's graphs under root/<prec>/ (the int4 encoder reuses int8's when present)."""
+    if prec == "fp32":
+        _save_graph(graphs.build_encoder(enc, dec)[0], root / "fp32" / "encoder.onnx")
+        _save_graph(graphs.build_decoder_step(dec, enc.seq_len)[0], root / "fp32" / "decoder.onnx")
+        enc_rel = "fp32/encoder.onnx"
+    elif prec == "fp16":
+        _save_graph(graphs.build_encoder(enc, dec, half=True)[0], root / "fp16" / "encoder.onnx")
+        _save_graph(graphs.build_decoder_step(dec, enc.seq_len, half=True)[0], root / "fp16" / "decoder.onnx")
+        enc_rel = "fp16/encoder.onnx"
+    elif prec == "int8":
+        quantize.quantize_int8(root / "fp32" / "encoder.onnx", root / "int8" / "encoder.onnx", options.int8_per_channel)
+        quantize.quantize_int8(root / "fp32" / "decoder.onnx", root / "int8" / "decoder.onnx", options.int8_per_channel)
+        enc_rel = "int8/encoder.onnx"
+    elif prec == "int4":
+        quantize.quantize_int4(root / "fp32" / "decoder.onnx", root / "int4" / "decoder.onnx", options.int4_block_size)
+        if "int8" in done:
+            enc_rel = "int8/encoder.onnx"
+        else:
+            quantize.quantize_int8(root / "fp32" / "encoder.onnx", root / "int4" / "encoder.onnx", options.int8_per_channel)
+            enc_rel = "int4/encoder.onnx"
+    else:
+        raise ExportError(f"unknown precision {prec!r}")
+    return mf.GraphPair(_graph_spec(root, enc_rel), _graph_spec(root, f"{prec}/decoder.onnx"))
+
+
 def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None = None) -> Path:
     """Export, verify and write a bundle; returns its path. Raises ExportError/UnsupportedModelError."""
     options = options or ExportOptions()
+    _check_precisions(options.precisions)
     out = Path(outdir)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out}: exists and is not empty; choose a new directory or remove it")
@@ -139,20 +195,20 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     gen = generation_defaults(hf_model, tokenizer)
     if gen.max_new_tokens + 1 > dec.max_positions:
         gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - 1})
+    verify_pixels = verify.random_images(spec, options.verify_images)
+    if options.eval_images:
+        from edgecap.preprocess import preprocess
+
+        eval_pixels = preprocess(list(options.eval_images), spec)
+    else:
+        eval_pixels = verify.random_images(spec, 32, seed=1)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        log.info("building graphs for %s + %s", cfg.encoder.model_type, cfg.decoder.model_type)
-        enc_graph, enc_in, enc_out = graphs.build_encoder(enc, dec)
-        dec_graph, dec_in, dec_out = graphs.build_decoder_step(dec, enc.seq_len)
-        _save_graph(enc_graph, tmp / "fp32" / "encoder.onnx")
-        _save_graph(dec_graph, tmp / "fp32" / "decoder.onnx")
+        log.info("building fp32 graphs for %s + %s", cfg.encoder.model_type, cfg.decoder.model_type)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        pair = mf.GraphPair(
-            encoder=mf.GraphSpec("fp32/encoder.onnx", enc_in, enc_out),
-            decoder=mf.GraphSpec("fp32/decoder.onnx", dec_in, dec_out),
-        )
+        pairs = {"fp32": _build_precision("fp32", tmp, enc, dec, options, set())}
         manifest = mf.Manifest(
             format=mf.FORMAT,
             format_version=mf.FORMAT_VERSION,
@@ -183,18 +239,35 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 skip_special_tokens=True,
                 clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
             ),
-            graphs={"fp32": pair},
+            graphs=pairs,
             files={},
         )
         _write_manifest(tmp, manifest)
-        report = verify.verify_precision(hf_model, tmp, "fp32", spec, options.verify_images, gen)
-        log.info("fp32 verification: %s", report)
+        report = verify.verify_fp32(hf_model, tmp, verify_pixels, gen)
+        log.info("fp32 vs PyTorch: max logit difference %.2e, token agreement %.1f%%",
+                 report.max_logit_diff, 100 * report.token_agreement)
         if report.max_logit_diff > options.max_logit_diff or report.token_agreement < options.min_token_agreement:
             raise ExportError(
                 f"verification failed: fp32 graphs differ from PyTorch (max logit difference "
                 f"{report.max_logit_diff:.2e}, token agreement {report.token_agreement:.1%}); no bundle written"
             )
-        manifest = mf.Manifest(**{**manifest.__dict__, "verification": {"fp32": report}})
+        reports = {"fp32": report}
+        for prec in [p for p in options.precisions if p != "fp32"]:
+            log.info("building %s graphs", prec)
+            pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs))
+            _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
+            rep = verify.verify_reduced(hf_model, tmp, prec, verify_pixels, eval_pixels, gen)
+            log.info("%s vs fp32: caption agreement %.1f%%, token agreement %.1f%%, max logit difference to PyTorch %.2e",
+                     prec, 100 * rep.caption_agreement, 100 * rep.token_agreement, rep.max_logit_diff)
+            if rep.caption_agreement < options.min_caption_agreement:
+                log.warning("%s not written: its captions agree with fp32 on %.1f%% of %d images, below the %.1f%% "
+                            "threshold (--min-agreement)", prec, 100 * rep.caption_agreement, rep.images,
+                            100 * options.min_caption_agreement)
+                del pairs[prec]
+                shutil.rmtree(tmp / prec, ignore_errors=True)
+                continue
+            reports[prec] = rep
+        manifest = mf.Manifest(**{**manifest.__dict__, "graphs": pairs, "verification": reports})
         _write_manifest(tmp, manifest)
         if out.exists():
             out.rmdir()
@@ -202,7 +275,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote bundle %s", out)
+    log.info("wrote bundle %s (%s)", out, ", ".join(pairs))
     return out
 
 

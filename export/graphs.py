@@ -31,8 +31,14 @@ _DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64"
 class GraphBuilder:
     """A thin, name-managing wrapper over onnx.helper."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, half: bool = False) -> None:
         self.name = name
+        # half=True: weights, matmuls and caches in fp16; LayerNorm, Softmax, activations and the
+        # residual stream stay fp32, where fp16 overflows (TensorRT #3206, #2564: NaN/garbage from
+        # fp16 LayerNorm). Casts mark the boundaries, so precision lives in the graph.
+        self.half = half
+        self.kv_dtype = "float16" if half else "float32"
+        self._casts: dict[tuple[str, int], str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -60,6 +66,25 @@ class GraphBuilder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
+    def param(self, name: str, array: np.ndarray) -> str:
+        """A matmul weight or table, stored in the compute precision."""
+        return self.weight(name, array.astype(np.float16 if self.half else np.float32))
+
+    def cast(self, x: str, to: int) -> str:
+        """Cast x (once per value) to TensorProto type `to`; a no-op in fp32 graphs."""
+        if not self.half:
+            return x
+        key = (x, to)
+        if key not in self._casts:
+            self._casts[key] = self.op("Cast", [x], to=to)
+        return self._casts[key]
+
+    def to_compute(self, x: str) -> str:
+        return self.cast(x, TensorProto.FLOAT16)
+
+    def to_float(self, x: str) -> str:
+        return self.cast(x, TensorProto.FLOAT)
+
     def const(self, value, dtype=np.int64) -> str:
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
@@ -76,9 +101,10 @@ class GraphBuilder:
     # --- layers ----------------------------------------------------------------------------
 
     def linear(self, x: str, lin: Linear, prefix: str) -> str:
-        y = self.op("MatMul", [x, self.weight(f"{prefix}.weight", lin.w.astype(np.float32))])
+        """x (fp32 or compute dtype) @ w + b, in the compute dtype."""
+        y = self.op("MatMul", [self.to_compute(x), self.param(f"{prefix}.weight", lin.w)])
         if lin.b is not None:
-            y = self.op("Add", [y, self.weight(f"{prefix}.bias", lin.b.astype(np.float32))])
+            y = self.op("Add", [y, self.param(f"{prefix}.bias", lin.b)])
         return y
 
     def layer_norm(self, x: str, ln: LayerNorm, prefix: str) -> str:
@@ -90,6 +116,8 @@ class GraphBuilder:
         )
 
     def activation(self, x: str, name: str) -> str:
+        """Activations run in fp32 (tanh-GELU's x**3 overflows fp16 beyond |x| ~ 40)."""
+        x = self.to_float(x)
         if name == "gelu":  # exact, erf-based
             e = self.op("Erf", [self.op("Mul", [x, self.const(1 / math.sqrt(2), np.float32)])])
             return self.op("Mul", [self.op("Mul", [x, self.const(0.5, np.float32)]), self.op("Add", [e, self.const(1.0, np.float32)])])
@@ -123,29 +151,34 @@ class GraphBuilder:
         return model
 
 
+def _softmax(g: GraphBuilder, scores: str) -> str:
+    """Softmax in fp32, probabilities back in the compute dtype."""
+    return g.to_compute(g.op("Softmax", [g.to_float(scores)], axis=-1))
+
+
 def _self_mha_full(g: GraphBuilder, x: str, att: Attention, heads: int, head_dim: int, hidden: int, p: str) -> str:
-    """Unmasked self-attention over a whole sequence (the encoder)."""
+    """Unmasked self-attention over a whole sequence (the encoder); returns fp32."""
     q = g.heads(g.linear(x, att.q, f"{p}.q"), heads, head_dim)
     k = g.heads(g.linear(x, att.k, f"{p}.k"), heads, head_dim, transpose_key=True)
     v = g.heads(g.linear(x, att.v, f"{p}.v"), heads, head_dim)
-    probs = g.op("Softmax", [g.op("MatMul", [q, k])], axis=-1)
-    return g.linear(g.merge_heads(g.op("MatMul", [probs, v]), hidden), att.o, f"{p}.o")
+    probs = _softmax(g, g.op("MatMul", [q, k]))
+    return g.to_float(g.linear(g.merge_heads(g.op("MatMul", [probs, v]), hidden), att.o, f"{p}.o"))
 
 
-def build_encoder(enc: Encoder, dec: Decoder) -> tuple[onnx.ModelProto, list, list]:
+def build_encoder(enc: Encoder, dec: Decoder, half: bool = False) -> tuple[onnx.ModelProto, list, list]:
     """The encoder graph, which also projects every decoder layer's cross-attention K and V."""
-    g = GraphBuilder("edgecap_encoder")
+    g = GraphBuilder("edgecap_encoder", half=half)
     h_img, w_img = enc.image_hw
     px = g.input(mf.PIXEL_VALUES, "float32", ["batch", enc.channels, h_img, w_img])
     hidden, heads = enc.hidden, enc.num_heads
     head_dim = hidden // heads
     conv = g.op(
         "Conv",
-        [px, g.weight("patch.weight", enc.patch_w), g.weight("patch.bias", enc.patch_b)],
+        [g.to_compute(px), g.param("patch.weight", enc.patch_w), g.param("patch.bias", enc.patch_b)],
         kernel_shape=[enc.patch, enc.patch],
         strides=[enc.patch, enc.patch],
     )
-    patches = g.op("Transpose", [g.op("Reshape", [conv, g.const([0, hidden, -1])])], perm=[0, 2, 1])
+    patches = g.op("Transpose", [g.op("Reshape", [g.to_float(conv), g.const([0, hidden, -1])])], perm=[0, 2, 1])
     # Class/distillation tokens, one copy per image: Expand the constant to the batch.
     batch = g.op("Gather", [g.op("Shape", [px]), g.const([0])], axis=0)
     prefix_shape = g.op("Concat", [batch, g.const(list(enc.prefix_tokens.shape))], axis=0)
@@ -155,49 +188,51 @@ def build_encoder(enc: Encoder, dec: Decoder) -> tuple[onnx.ModelProto, list, li
         p = f"enc.{i}"
         a = _self_mha_full(g, g.layer_norm(x, layer.ln_attn, f"{p}.ln1"), layer.attn, heads, head_dim, hidden, f"{p}.attn")
         x = g.op("Add", [x, a])
-        m = g.linear(g.activation(g.linear(g.layer_norm(x, layer.ln_mlp, f"{p}.ln2"), layer.fc1, f"{p}.fc1"), layer.act), layer.fc2, f"{p}.fc2")
-        x = g.op("Add", [x, m])
+        h = g.activation(g.linear(g.layer_norm(x, layer.ln_mlp, f"{p}.ln2"), layer.fc1, f"{p}.fc1"), layer.act)
+        x = g.op("Add", [x, g.to_float(g.linear(h, layer.fc2, f"{p}.fc2"))])
     if enc.final_ln is not None:
         x = g.layer_norm(x, enc.final_ln, "enc.ln_f")
     if enc.to_decoder is not None:
-        x = g.linear(x, enc.to_decoder, "enc_to_dec")
+        x = g.to_float(g.linear(x, enc.to_decoder, "enc_to_dec"))
     seq = enc.seq_len
     for i, layer in enumerate(dec.layers):
         ca = layer.cross_attn
         k = g.heads(g.linear(x, ca.k, f"dec.{i}.cross.k"), dec.num_heads, dec.head_dim, transpose_key=True)
         v = g.heads(g.linear(x, ca.v, f"dec.{i}.cross.v"), dec.num_heads, dec.head_dim)
-        g.output(k, mf.cross_key(i), "float32", ["batch", dec.num_heads, dec.head_dim, seq])
-        g.output(v, mf.cross_value(i), "float32", ["batch", dec.num_heads, seq, dec.head_dim])
+        g.output(k, mf.cross_key(i), g.kv_dtype, ["batch", dec.num_heads, dec.head_dim, seq])
+        g.output(v, mf.cross_value(i), g.kv_dtype, ["batch", dec.num_heads, seq, dec.head_dim])
     return g.build(), g.specs_in, g.specs_out
 
 
-def build_decoder_step(dec: Decoder, enc_seq: int) -> tuple[onnx.ModelProto, list, list]:
+def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[onnx.ModelProto, list, list]:
     """One KV-cached decoder step over a fixed-length, masked self-attention cache."""
-    g = GraphBuilder("edgecap_decoder_step")
+    g = GraphBuilder("edgecap_decoder_step", half=half)
     heads, head_dim, hidden = dec.num_heads, dec.head_dim, dec.hidden
+    kv = g.kv_dtype
     ids = g.input(mf.INPUT_IDS, "int64", ["batch", 1])
     step = g.input(mf.STEP, "int64", [1])
     pasts = []
     for i in range(len(dec.layers)):
-        pk = g.input(mf.past_key(i), "float32", ["batch", heads, head_dim, "cache_len"])
-        pv = g.input(mf.past_value(i), "float32", ["batch", heads, "cache_len", head_dim])
+        pk = g.input(mf.past_key(i), kv, ["batch", heads, head_dim, "cache_len"])
+        pv = g.input(mf.past_value(i), kv, ["batch", heads, "cache_len", head_dim])
         pasts.append((pk, pv))
     crosses = []
     for i in range(len(dec.layers)):
-        ck = g.input(mf.cross_key(i), "float32", ["batch", heads, head_dim, enc_seq])
-        cv = g.input(mf.cross_value(i), "float32", ["batch", heads, enc_seq, head_dim])
+        ck = g.input(mf.cross_key(i), kv, ["batch", heads, head_dim, enc_seq])
+        cv = g.input(mf.cross_value(i), kv, ["batch", heads, enc_seq, head_dim])
         crosses.append((ck, cv))
 
     # Embeddings: token + position (position rule from the family, see weights.Decoder).
-    tok = g.op("Gather", [g.weight("token_emb", dec.token_emb), ids], axis=0)  # [B,1,E]
+    tok = g.to_float(g.op("Gather", [g.param("token_emb", dec.token_emb), ids], axis=0))  # [B,1,E]
+    pos_table = g.weight("pos_table", dec.pos_table.astype(np.float32))
     if dec.position_kind == "offset":
         pos_idx = g.op("Add", [step, g.const([dec.pos_offset])]) if dec.pos_offset else step
-        pos = g.op("Gather", [g.weight("pos_table", dec.pos_table), pos_idx], axis=0)  # [1,E]
+        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [1,E]
     elif dec.position_kind == "nonpad":
         counted = g.op("Add", [step, g.const([dec.pad_idx + 1])])  # [1]
         is_pad = g.op("Equal", [ids, g.const(dec.pad_idx)])  # [B,1]
         pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B,1]
-        pos = g.op("Gather", [g.weight("pos_table", dec.pos_table), pos_idx], axis=0)  # [B,1,E]
+        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [B,1,E]
     else:
         raise ValueError(f"unknown position kind {dec.position_kind!r}")
     x = g.op("Add", [tok, pos])
@@ -209,44 +244,46 @@ def build_decoder_step(dec: Decoder, enc_seq: int) -> tuple[onnx.ModelProto, lis
     slots = g.op("Range", [g.const(0), g.op("Squeeze", [cache_len]), g.const(1)])
     valid = g.op("Less", [slots, step])
     bias = g.op("Where", [valid, g.const(0.0, np.float32), g.const(-np.inf, np.float32)])  # [T]
+    split_sizes = g.op("Concat", [cache_len, g.const([1])], axis=0)
 
     for i, layer in enumerate(dec.layers):
         p = f"dec.{i}"
         pk, pv = pasts[i]
         ck, cv = crosses[i]
-        # self-attention over cache slots [0, step) plus this token
+        # self-attention over cache slots [0, step) plus this token (scores and softmax in fp32)
         h = g.layer_norm(x, layer.ln_self, f"{p}.ln_self") if dec.pre_norm else x
         sa = layer.self_attn
         q = g.heads(g.linear(h, sa.q, f"{p}.self.q"), heads, head_dim)  # [B,h,1,d]
         k_new = g.heads(g.linear(h, sa.k, f"{p}.self.k"), heads, head_dim, transpose_key=True)  # [B,h,d,1]
         v_new = g.heads(g.linear(h, sa.v, f"{p}.self.v"), heads, head_dim)  # [B,h,1,d]
-        g.output(k_new, mf.new_key(i), "float32", ["batch", heads, head_dim, 1])
-        g.output(v_new, mf.new_value(i), "float32", ["batch", heads, 1, head_dim])
-        s_past = g.op("Add", [g.op("MatMul", [q, pk]), bias])  # [B,h,1,T]
-        s_new = g.op("MatMul", [q, k_new])  # [B,h,1,1]
+        g.output(k_new, mf.new_key(i), kv, ["batch", heads, head_dim, 1])
+        g.output(v_new, mf.new_value(i), kv, ["batch", heads, 1, head_dim])
+        s_past = g.op("Add", [g.to_float(g.op("MatMul", [q, pk])), bias])  # [B,h,1,T]
+        s_new = g.to_float(g.op("MatMul", [q, k_new]))  # [B,h,1,1]
         probs = g.op("Softmax", [g.op("Concat", [s_past, s_new], axis=-1)], axis=-1)
-        p_past, p_new = g.op("Split", [probs, g.op("Concat", [cache_len, g.const([1])], axis=0)], axis=-1, n_out=2)
-        ctx = g.op("Add", [g.op("MatMul", [p_past, pv]), g.op("Mul", [p_new, v_new])])
-        a = g.linear(g.merge_heads(ctx, hidden), sa.o, f"{p}.self.o")
+        p_past, p_new = g.op("Split", [probs, split_sizes], axis=-1, n_out=2)
+        ctx = g.op("Add", [g.op("MatMul", [g.to_compute(p_past), pv]), g.op("Mul", [g.to_compute(p_new), v_new])])
+        a = g.to_float(g.linear(g.merge_heads(ctx, hidden), sa.o, f"{p}.self.o"))
         x = g.op("Add", [x, a])
         if not dec.pre_norm:
             x = g.layer_norm(x, layer.ln_self, f"{p}.ln_self")
         # cross-attention on K/V the encoder graph projected once per image
         h = g.layer_norm(x, layer.ln_cross, f"{p}.ln_cross") if dec.pre_norm else x
         cq = g.heads(g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), heads, head_dim)
-        cprobs = g.op("Softmax", [g.op("MatMul", [cq, ck])], axis=-1)
-        a = g.linear(g.merge_heads(g.op("MatMul", [cprobs, cv]), hidden), layer.cross_attn.o, f"{p}.cross.o")
+        cprobs = _softmax(g, g.op("MatMul", [cq, ck]))
+        a = g.to_float(g.linear(g.merge_heads(g.op("MatMul", [cprobs, cv]), hidden), layer.cross_attn.o, f"{p}.cross.o"))
         x = g.op("Add", [x, a])
         if not dec.pre_norm:
             x = g.layer_norm(x, layer.ln_cross, f"{p}.ln_cross")
         # feed-forward
         h = g.layer_norm(x, layer.ln_mlp, f"{p}.ln_mlp") if dec.pre_norm else x
-        m = g.linear(g.activation(g.linear(h, layer.fc1, f"{p}.fc1"), layer.act), layer.fc2, f"{p}.fc2")
-        x = g.op("Add", [x, m])
+        m = g.activation(g.linear(h, layer.fc1, f"{p}.fc1"), layer.act)
+        x = g.op("Add", [x, g.to_float(g.linear(m, layer.fc2, f"{p}.fc2"))])
         if not dec.pre_norm:
             x = g.layer_norm(x, layer.ln_mlp, f"{p}.ln_mlp")
     if dec.final_ln is not None:
         x = g.layer_norm(x, dec.final_ln, "dec.ln_f")
     last = g.op("Reshape", [x, g.const([-1, hidden])])  # [B,E]: one position per step
-    g.output(g.linear(last, dec.lm_head, "lm_head"), mf.LOGITS, "float32", ["batch", dec.vocab])
+    logits = g.to_float(g.linear(last, dec.lm_head, "lm_head"))
+    g.output(logits, mf.LOGITS, "float32", ["batch", dec.vocab])
     return g.build(), g.specs_in, g.specs_out

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 def export_tiny(tmp_path_factory):
     """export_tiny(encoder, decoder, **build_kwargs) -> (checkpoint_dir, bundle_dir), cached per arguments."""
     import tiny
-    from edgecap_export.exporter import export
+    from edgecap_export.exporter import ExportOptions, export
 
     cache: dict = {}
 
@@ -24,7 +24,7 @@ def export_tiny(tmp_path_factory):
         if key not in cache:
             root = tmp_path_factory.mktemp(f"{encoder}-{decoder}")
             ckpt = tiny.build(root / "checkpoint", encoder, decoder, **kwargs)
-            cache[key] = (ckpt, export(str(ckpt), root / "bundle"))
+            cache[key] = (ckpt, export(str(ckpt), root / "bundle", ExportOptions(precisions=("fp32",))))
         return cache[key]
 
     return make

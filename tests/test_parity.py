@@ -104,9 +104,9 @@ def test_eos_at_different_steps(export_tiny, sample_images, tmp_path, encoder, d
     gen_cfg = json.loads((ckpt2 / "generation_config.json").read_text())
     gen_cfg["eos_token_id"] = new_eos
     (ckpt2 / "generation_config.json").write_text(json.dumps(gen_cfg))
-    from edgecap_export.exporter import export
+    from edgecap_export.exporter import ExportOptions, export
 
-    bundle2 = export(str(ckpt2), tmp_path / "bundle")
+    bundle2 = export(str(ckpt2), tmp_path / "bundle", ExportOptions(precisions=("fp32",)))
     for gen in (dict(num_beams=1), dict(num_beams=3), dict(num_beams=4, length_penalty=0.5)):
         caps = check_parity(ckpt2, bundle2, sample_images, **gen)
     caps = Captioner(bundle2, precision="fp32").caption(sample_images, num_beams=1)

@@ -1,0 +1,335 @@
+"""The feed pipeline: a decoder thread (sample, dedupe, preprocess) feeding batched model calls."""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ImageError
+from ..options import GenerationOptions
+from ..preprocess import preprocess_one
+from .sources import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DEDUPE,
+    DEFAULT_EVERY,
+    THUMB_SIDE,
+    FeedError,
+    FeedProblem,
+    FeedSource,
+    FrameCaption,
+    _Info,
+    _exc_text,
+    _read_frames,
+    _read_video,
+    _where,
+    expand_sources,
+)
+
+if TYPE_CHECKING:
+    from ..captioner import Captioner
+
+
+class FeedListener:
+    """Callbacks from a feed run, all in the caller's thread (progress display, error reports)."""
+
+    def source_started(self, source: str, expected: int | None) -> None: ...
+
+    def frames_skipped(self, source: str, count: int) -> None: ...  # already recorded (resume)
+
+    def source_finished(self, source: str) -> None: ...
+
+    def problem(self, problem: FeedProblem) -> None: ...
+
+
+
+@dataclass
+class _Job:
+    id: int
+    source: str
+    frame: int
+    pts: float
+    pixels: np.ndarray
+
+
+@dataclass
+class _Repeat:
+    source: str
+    frame: int
+    pts: float
+    ref: int | tuple[str, float]  # a job id, or a (caption, score) recorded by an earlier run
+
+
+@dataclass
+class _Event:
+    kind: str  # "start", "skip", "end", "crash"
+    source: str
+    value: Any = None
+
+
+_DONE = object()
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """32x32 greyscale thumbnail scaled to 0..1, for dedupe."""
+    grey = Image.fromarray(rgb).convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.BOX)
+    return np.asarray(grey, dtype=np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    every: float = DEFAULT_EVERY
+    dedupe: float = DEFAULT_DEDUPE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_frames: int | None = None
+    fps: float = 1.0
+    prefetch: int | None = None  # queue length; None = 4 batches
+
+    def check(self) -> None:
+        if not (self.every > 0 and math.isfinite(self.every)):
+            raise FeedError(f"--every must be a positive number of seconds, got {self.every}")
+        if not (0 <= self.dedupe <= 1):
+            raise FeedError(f"--dedupe must be between 0 (off) and 1, got {self.dedupe}")
+        if self.batch_size < 1:
+            raise FeedError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise FeedError(f"--max-frames must be >= 1, got {self.max_frames}")
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise FeedError(f"--fps must be positive, got {self.fps}")
+
+
+class _Producer(threading.Thread):
+    """Decodes, samples, dedupes and preprocesses all sources in order into a bounded queue."""
+
+    def __init__(self, captioner: "Captioner", sources: Sequence[FeedSource], cfg: FeedConfig,
+                 done: dict[tuple[str, int], FrameCaption]) -> None:
+        super().__init__(name="edgecap-feed-decoder", daemon=True)
+        self.spec = captioner.preprocess_spec
+        self.sources, self.cfg, self.done = sources, cfg, done
+        self.queue: queue.Queue = queue.Queue(maxsize=cfg.prefetch or 4 * cfg.batch_size)
+        self.stop = threading.Event()
+        self.next_id = 0
+
+    def put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for src in self.sources:
+                if self.stop.is_set():
+                    return
+                self.run_source(src)
+                self.put(_Event("end", src.name))
+        except BaseException as exc:  # noqa: BLE001 - a bug: hand it to the consumer to raise
+            self.put(_Event("crash", "", exc))
+        finally:
+            self.put(_DONE)
+
+    def run_source(self, src: FeedSource) -> None:
+        if src.problem:
+            self.put(FeedProblem(src.name, None, src.problem))
+            return
+        every = Fraction(repr(float(self.cfg.every)))
+        reader = _read_video(src) if src.kind == "video" else _read_frames(src, Fraction(repr(float(self.cfg.fps))))
+        next_t: Fraction | None = None
+        sampled = skipped = 0
+        ref: int | tuple[str, float] | None = None
+        ref_thumb: np.ndarray | None = None
+        dedupe = self.cfg.dedupe
+        try:
+            for item in reader:
+                if self.stop.is_set():
+                    return
+                if isinstance(item, FeedProblem):
+                    self.put(item)
+                    continue
+                if isinstance(item, _Info):
+                    expected = None
+                    if item.duration is not None:
+                        expected = int(math.floor(item.duration / self.cfg.every - 1e-9)) + 1
+                    if self.cfg.max_frames is not None:
+                        expected = min(expected or self.cfg.max_frames, self.cfg.max_frames)
+                    self.put(_Event("start", src.name, expected))
+                    continue
+                if self.cfg.max_frames is not None and sampled >= self.cfg.max_frames:
+                    break
+                if next_t is not None and item.pts < next_t:
+                    continue
+                next_t = (math.floor(item.pts / every) + 1) * every
+                sampled += 1
+                pts = float(item.pts)
+                prev = self.done.get((src.name, item.index))
+                if prev is not None and (prev.repeat or not dedupe):
+                    skipped += 1
+                    continue
+                try:
+                    rgb = item.load()
+                except (ImageError, ValueError, OSError) as exc:
+                    self.put(FeedProblem(src.name, _where(item.index, pts), f"unreadable frame, skipped: {_exc_text(exc)}"))
+                    continue
+                thumb = thumbnail(rgb) if dedupe else None
+                if prev is not None:  # recorded by an earlier run: only the dedupe reference moves
+                    skipped += 1
+                    ref, ref_thumb = (prev.caption, prev.score), thumb
+                    continue
+                if skipped:
+                    self.put(_Event("skip", src.name, skipped))
+                    skipped = 0
+                if thumb is not None and ref_thumb is not None and ref is not None and \
+                        float(np.mean(np.abs(thumb - ref_thumb))) < dedupe:
+                    self.put(_Repeat(src.name, item.index, pts, ref))
+                    continue
+                self.next_id += 1
+                ref, ref_thumb = self.next_id, thumb
+                self.put(_Job(self.next_id, src.name, item.index, pts, preprocess_one(rgb, self.spec)))
+        finally:
+            if skipped:
+                self.put(_Event("skip", src.name, skipped))
+            if hasattr(reader, "close"):
+                reader.close()
+
+
+def run_feed(
+    captioner: "Captioner",
+    sources: Sequence[FeedSource],
+    config: FeedConfig = FeedConfig(),
+    options: GenerationOptions | None = None,
+    done: dict[tuple[str, int], FrameCaption] | None = None,
+    listener: FeedListener | None = None,
+) -> Iterator[list[FrameCaption]]:
+    """Caption the sampled frames of `sources`: yields lists of results, each source in frame order.
+
+    Each list is a unit worth persisting at once (a model batch plus the repeats it resolves).
+    `done` maps (source, frame) to results recorded by an earlier run: those frames are not
+    yielded again (they still steer dedupe). Problems go to `listener.problem`; the run goes on.
+    """
+    config.check()
+    captioner.resolve_options(options)  # bad options fail before any decoding
+    listener = listener or FeedListener()
+    producer = _Producer(captioner, list(sources), config, dict(done or {}))
+    hold_limit = max(64, 4 * config.batch_size)  # run a partial batch rather than hold more results
+    pending: list[_Job] = []
+    order: list[_Job | _Repeat] = []  # results not yet yielded, in stream order
+    results: dict[int, tuple[str, float]] = {}
+    latest: dict[str, int] = {}
+
+    def run_batch() -> None:
+        if not pending:
+            return
+        pixels = np.stack([j.pixels for j in pending])
+        for job, hyps in zip(pending, captioner.decode(captioner.encode(pixels), options)):
+            best = hyps[0]
+            results[job.id] = (captioner.detokenize(best.token_ids), float(best.score))
+        pending.clear()
+
+    def resolved() -> list[FrameCaption]:
+        out: list[FrameCaption] = []
+        n = 0
+        for n, item in enumerate(order):
+            if isinstance(item, _Job):
+                if item.id not in results:
+                    break
+                old = latest.get(item.source)
+                if old is not None and old != item.id:
+                    results.pop(old, None)
+                latest[item.source] = item.id
+                text, score = results[item.id]
+                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, False))
+            else:
+                if isinstance(item.ref, int):
+                    if item.ref not in results:
+                        break
+                    text, score = results[item.ref]
+                else:
+                    text, score = item.ref
+                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, True))
+        else:
+            n = len(order)
+        del order[:n]
+        return out
+
+    producer.start()
+    try:
+        finished = False
+        while not finished:
+            try:
+                item = producer.queue.get_nowait()
+            except queue.Empty:
+                ready = resolved()  # don't sit on finished results while the decoder catches up
+                if ready:
+                    yield ready
+                item = producer.queue.get()
+            if item is _DONE:
+                finished = True
+            elif isinstance(item, _Job):
+                pending.append(item)
+                order.append(item)
+            elif isinstance(item, _Repeat):
+                order.append(item)
+            elif isinstance(item, FeedProblem):
+                listener.problem(item)
+            elif item.kind == "crash":
+                raise item.value
+            elif item.kind == "start":
+                listener.source_started(item.source, item.value)
+            elif item.kind == "skip":
+                listener.frames_skipped(item.source, item.value)
+            elif item.kind == "end":
+                listener.source_finished(item.source)
+            if finished or len(pending) >= config.batch_size or (pending and len(order) >= hold_limit):
+                run_batch()
+                ready = resolved()
+                if ready:
+                    yield ready
+    finally:
+        producer.stop.set()
+        while producer.is_alive():
+            try:
+                producer.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        producer.join()
+
+
+def caption_feed(
+    captioner: "Captioner",
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    every: float = DEFAULT_EVERY,
+    dedupe: float = DEFAULT_DEDUPE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_frames: int | None = None,
+    fps: float = 1.0,
+    options: GenerationOptions | None = None,
+    on_error: Callable[[FeedProblem], None] | None = None,
+) -> Iterator[FrameCaption]:
+    """Yield a `FrameCaption` per sampled frame of `source` (paths, folders, globs), lazily.
+
+    Problems (unreadable source, decode error) go to `on_error`, and the other sources go on; with
+    no `on_error`, a `FeedError` naming them is raised once every source has been processed.
+    """
+    problems: list[FeedProblem] = []
+
+    class _Collect(FeedListener):
+        def problem(self, problem: FeedProblem) -> None:
+            (on_error or problems.append)(problem)
+
+    cfg = FeedConfig(every=every, dedupe=dedupe, batch_size=batch_size, max_frames=max_frames, fps=fps)
+    for batch in run_feed(captioner, expand_sources(source), cfg, options, listener=_Collect()):
+        yield from batch
+    if problems:
+        raise FeedError("; ".join(map(str, problems)))
+
+

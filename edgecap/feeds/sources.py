@@ -1,0 +1,194 @@
+"""Feed sources: video files (PyAV, imported lazily) and frame folders, as decoded-frame streams."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import EdgecapError
+from ..preprocess import load_image
+
+VIDEO_EXTENSIONS = {".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+DEFAULT_EVERY = 1.0
+DEFAULT_DEDUPE = 0.01
+DEFAULT_BATCH_SIZE = 8
+THUMB_SIDE = 32
+
+
+class FeedError(EdgecapError):
+    """A feed run that cannot start or whose sources failed (the message names them)."""
+
+
+@dataclass(frozen=True)
+class FrameCaption:
+    source: str
+    frame: int  # index of the frame in decode order (the frame number in the video / folder)
+    pts: float  # presentation time, seconds
+    caption: str
+    score: float
+    repeat: bool  # True: deduped, the caption is that of the source's last captioned frame
+
+
+@dataclass(frozen=True)
+class FeedSource:
+    name: str  # as recorded in the output ("source")
+    kind: str  # "video" or "frames"
+    paths: tuple[str, ...]  # one video file, or the frame images in order
+    problem: str | None = None  # set when the source cannot be used at all (not found...)
+
+
+@dataclass(frozen=True)
+class FeedProblem:
+    source: str
+    where: str | None  # "frame 12 (pts 3.000 s)", or None for the whole source
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.where}: {self.message}" if self.where else f"{self.source}: {self.message}"
+
+
+# --- expansion --------------------------------------------------------------------------------
+
+
+def _ext(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def _dir_sources(path: str) -> list[FeedSource]:
+    name = os.path.normpath(path)
+    files = sorted(str(p) for p in Path(path).iterdir() if p.is_file())
+    images = [f for f in files if _ext(f) in IMAGE_EXTENSIONS]
+    if images:
+        return [FeedSource(name, "frames", tuple(images))]
+    videos = [f for f in files if _ext(f) in VIDEO_EXTENSIONS]
+    if videos:
+        return [FeedSource(v, "video", (v,)) for v in videos]
+    return [FeedSource(name, "frames", (), "directory contains no image or video files")]
+
+
+def expand_sources(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[FeedSource]:
+    """Video files, frame folders (images sorted by name) and globs -> sources, in the order given.
+
+    A folder with image files is one frame source; a folder with only videos gives one source per
+    video; the image files a glob matches form one frame source named by the pattern.
+    """
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = [patterns]
+    out: list[FeedSource] = []
+    for pattern in map(os.fspath, patterns):
+        if os.path.isdir(pattern):
+            out += _dir_sources(pattern)
+        elif os.path.isfile(pattern):
+            path = os.path.normpath(pattern)
+            out.append(FeedSource(path, "frames" if _ext(path) in IMAGE_EXTENSIONS else "video", (path,)))
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            images = [m for m in matches if os.path.isfile(m) and _ext(m) in IMAGE_EXTENSIONS]
+            for m in matches:
+                if os.path.isdir(m):
+                    out += _dir_sources(m)
+                elif os.path.isfile(m) and m not in images:
+                    out.append(FeedSource(os.path.normpath(m), "video", (m,)))
+            if images:
+                out.append(FeedSource(pattern, "frames", tuple(images)))
+            if not matches:
+                out.append(FeedSource(pattern, "video", (), "no files match this pattern"))
+        else:
+            out.append(FeedSource(pattern, "video", (), "file not found"))
+    seen: set[str] = set()
+    return [s for s in out if not (s.name in seen or seen.add(s.name))]
+
+
+# --- readers: (index, pts, loader) per decoded frame ------------------------------------------
+
+
+@dataclass
+class _Decoded:
+    index: int
+    pts: Fraction
+    load: Callable[[], np.ndarray]  # -> HxWx3 uint8 RGB; only called for sampled frames
+
+
+@dataclass
+class _Info:
+    duration: float | None
+
+
+def _where(index: int, pts: float | None) -> str:
+    return f"frame {index}" + (f" (pts {pts:.3f} s)" if pts is not None else "")
+
+
+def _exc_text(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())
+
+
+def _read_video(src: FeedSource) -> Iterator[_Decoded | _Info | FeedProblem]:
+    try:
+        import av
+    except ImportError:
+        yield FeedProblem(src.name, None, "video needs PyAV: pip install 'edgecap[feeds]'")
+        return
+    try:
+        container = av.open(src.paths[0], metadata_errors="ignore")
+    except Exception as exc:  # noqa: BLE001 - any open failure is this source's problem
+        yield FeedProblem(src.name, None, f"cannot open as video: {_exc_text(exc)}")
+        return
+    with container:
+        if not container.streams.video:
+            yield FeedProblem(src.name, None, "no video stream in this file")
+            return
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate or 25
+        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        if duration is None and container.duration and len(container.streams) == 1:
+            duration = container.duration / 1_000_000
+        yield _Info(duration)
+        index, last_pts, errors = 0, None, 0
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001
+                yield FeedProblem(src.name, f"after {_where(index, last_pts)}", f"read error, source stopped: {_exc_text(exc)}")
+                return
+            try:
+                frames = packet.decode()
+            except Exception as exc:  # noqa: BLE001
+                errors += 1
+                ppts = float(packet.pts * packet.time_base) if packet.pts is not None and packet.time_base else last_pts
+                yield FeedProblem(src.name, _where(index, ppts), f"decode error, skipped to the next decodable frame: {_exc_text(exc)}")
+                continue
+            for frame in frames:
+                if frame.pts is not None and frame.time_base:
+                    pts = Fraction(frame.pts) * Fraction(frame.time_base)
+                else:
+                    pts = Fraction(index) / Fraction(rate)
+                last_pts = float(pts)
+                yield _Decoded(index, pts, lambda f=frame: f.to_ndarray(format="rgb24"))
+                index += 1
+        declared = stream.frames or 0
+        short = declared > 1 and index < declared - 1
+        if not short and duration and index and last_pts is not None:
+            short = last_pts + 2 / float(rate) < duration - 1.0
+        if short and not errors:
+            total = f"{declared} frames" if declared > 1 else f"{duration:.3f} s"
+            yield FeedProblem(src.name, f"after {_where(index - 1, last_pts)}", f"video ends early (header says {total}): truncated file?")
+
+
+def _read_frames(src: FeedSource, fps: Fraction) -> Iterator[_Decoded | _Info | FeedProblem]:
+    yield _Info(len(src.paths) / fps if src.paths else None)
+    for i, path in enumerate(src.paths):
+        yield _Decoded(i, Fraction(i) / fps, lambda p=path: np.asarray(load_image(p)))
+
+

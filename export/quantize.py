@@ -1,0 +1,47 @@
+"""Reduced-precision graphs derived from the fp32 ones.
+
+- int8: ONNX Runtime dynamic quantization of the weight MatMuls (MatMulConstBOnly: attention's
+  activation x activation products stay fp32). The decoder step is bound by streaming its
+  weights, so int8 weights are a 4x smaller read per step.
+- int4: weight-only 4-bit blocks (MatMulNBits) for the decoder; its encoder is the int8 one.
+- fp16: built directly by `graphs.py` (half=True), not converted, so LayerNorm/Softmax/residuals
+  stay fp32 by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+
+log = logging.getLogger(__name__)
+# ONNX Runtime's quantizers log every node at INFO; their summary is ours to give.
+logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+
+PRECISIONS = ("fp32", "int8", "fp16", "int4")
+
+
+def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=["MatMul"],
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    # accuracy_level 4: activations quantized to int8 inside the kernel (the fast CPU path).
+    quant = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4)
+    quant.process()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(quant.model.model, str(dst))
