@@ -96,8 +96,23 @@ def greedy(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hyp
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest along the last axis, largest first (stable for ties, like torch on CPU)."""
-    return np.argsort(-x, axis=-1, kind="stable")[..., :k]
+    """Indices of the k largest along the last axis, largest first; ties go to the lower index.
+
+    argpartition first: a full sort of num_beams x 50k scores per step costs ~10 ms, the partition
+    a tenth of that.
+    """
+    n = x.shape[-1]
+    if k >= n // 4:
+        return np.argsort(-x, axis=-1, kind="stable")[..., :k]
+    part = np.argpartition(-x, k - 1, axis=-1)[..., :k]
+    # the k-th value may be tied with values outside the partition: take every tied index too
+    kth = np.take_along_axis(x, part, axis=-1).min(axis=-1, keepdims=True)
+    out = np.empty(x.shape[:-1] + (k,), dtype=np.int64)
+    for row in np.ndindex(*x.shape[:-1]):
+        cand = np.flatnonzero(x[row] >= kth[row])
+        order = np.lexsort((cand, -x[row][cand]))  # by value desc, then index asc
+        out[row] = cand[order[:k]]
+    return out
 
 
 def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
