@@ -1,0 +1,73 @@
+"""Reduced precisions: every one exports and loads for every family, and the agreement gate is real."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import tiny
+from edgecap import BundleError, Captioner
+from edgecap.bundle import load_bundle
+from edgecap_export import exporter
+from edgecap_export.exporter import ExportOptions, export
+
+ALL = ("fp32", "int8", "fp16", "int4")
+
+
+@pytest.mark.parametrize("encoder,decoder", tiny.PAIRS)
+def test_every_precision_exports_and_loads(tmp_path, sample_images, encoder, decoder):
+    ckpt = tiny.build(tmp_path / "ckpt", encoder, decoder)
+    bundle = export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=ALL, min_caption_agreement=0.0))
+    b = load_bundle(bundle)
+    assert set(b.precisions) == set(ALL)
+    for prec in ALL:
+        v = b.manifest.verification[prec]
+        assert v.reference == ("pytorch" if prec == "fp32" else "fp32")
+        assert 0.0 <= v.caption_agreement <= 1.0 and 0.0 <= v.token_agreement <= 1.0 and v.images > 0
+        caps = Captioner(bundle, precision=prec).caption(sample_images, num_beams=2)
+        assert len(caps) == 3 and all(c.token_ids for c in caps)
+    # fp16 keeps norms/softmax in fp32: even on these chaotic random models it nearly always agrees
+    assert b.manifest.verification["fp16"].caption_agreement >= 0.9
+    graphs = b.manifest.graphs
+    assert graphs["int4"].encoder.file == "int8/encoder.onnx"  # shared, not duplicated
+    dtypes = {t.name: t.dtype for t in graphs["fp16"].decoder.inputs}
+    assert dtypes["past_key.0"] == "float16"
+
+
+def test_unknown_precision_is_refused(tmp_path):
+    ckpt = tiny.build(tmp_path / "ckpt")
+    with pytest.raises(exporter.ExportError, match="unknown precision.*int3.*available: fp32, int8, fp16, int4"):
+        export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32", "int3")))
+
+
+def test_corrupted_precision_is_measured_and_refused(tmp_path, monkeypatch, caplog):
+    """Break one weight of the fp16 decoder: agreement must drop and export must not write fp16."""
+    real = exporter._build_precision
+
+    def corrupting(prec, root, enc, dec, options, done):
+        pair = real(prec, root, enc, dec, options, done)
+        if prec == "fp16":
+            path = root / "fp16" / "decoder.onnx"
+            model = onnx.load(str(path))
+            for init in model.graph.initializer:
+                if init.name == "lm_head.weight":
+                    w = numpy_helper.to_array(init)
+                    rng = np.random.default_rng(0)
+                    init.CopyFrom(numpy_helper.from_array(rng.permutation(w, axis=1), init.name))
+            onnx.save_model(model, str(path))
+        return pair
+
+    ckpt = tiny.build(tmp_path / "ckpt")
+    good = export(str(ckpt), tmp_path / "good", ExportOptions(precisions=("fp32", "fp16")))
+    assert load_bundle(good).manifest.verification["fp16"].caption_agreement == 1.0
+
+    monkeypatch.setattr(exporter, "_build_precision", corrupting)
+    bad = export(str(ckpt), tmp_path / "bad", ExportOptions(precisions=("fp32", "fp16")))
+    manifest = load_bundle(bad).manifest
+    assert list(manifest.graphs) == ["fp32"] and "fp16" not in manifest.verification
+    assert not (bad / "fp16").exists()
+    assert any("fp16 not written" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BundleError, match="no 'fp16' graphs in this bundle; it has: fp32"):
+        Captioner(bad, precision="fp16")
