@@ -156,6 +156,30 @@ class Captioner:
             out.extend(self._to_caption(h) for h in hyps)
         return out
 
+    def caption_feed(
+        self,
+        source,
+        every: float = 1.0,
+        dedupe: float | None = None,
+        batch_size: int = 8,
+        max_frames: int | None = None,
+        fps: float = 1.0,
+        options: GenerationOptions | None = None,
+        on_error=None,
+    ):
+        """Caption a feed: yields `edgecap.feeds.FrameCaption`s lazily, one per sampled frame.
+
+        `source`: video file(s), frame folder(s) or glob(s). One frame every `every` seconds;
+        `dedupe` (None = `edgecap.feeds.DEFAULT_DEDUPE`, 0 = off) reuses the last caption for
+        near-identical frames; `fps` times frame folders; `on_error(problem)` gets bad sources and
+        decode errors (default: `FeedError` at the end). See `edgecap.feeds`.
+        """
+        from .feeds import DEFAULT_DEDUPE, caption_feed
+
+        return caption_feed(self, source, every=every, dedupe=DEFAULT_DEDUPE if dedupe is None else dedupe,
+                            batch_size=batch_size, max_frames=max_frames, fps=fps, options=options,
+                            on_error=on_error)
+
     def _to_caption(self, hyps: list[decoding.Hypothesis]) -> Caption:
         caps = [Caption(self.detokenize(h.token_ids), h.token_ids, h.score) for h in hyps]
         return Caption(caps[0].text, caps[0].token_ids, caps[0].score, tuple(caps[1:]))

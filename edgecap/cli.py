@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--eval-images", metavar="DIR", help="images for that agreement (default: 32 random images)")
     exp.add_argument("--verify-images", type=int, default=4, metavar="N", help="random images checked against PyTorch")
     exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+
+    from .feeds.command import add_feed_parser  # `edgecap feed` (video needs edgecap[feeds])
+
+    add_feed_parser(sub)
     return parser
 
 
@@ -187,6 +191,12 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _feed(args: argparse.Namespace) -> int:
+    from .feeds.command import run_command
+
+    return run_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("edgecap.captioner", "edgecap.bundle", "edgecap.backends"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        return {"caption": _caption, "export": _export}[args.command](args)
+        return {"caption": _caption, "export": _export, "feed": _feed}[args.command](args)
     except EdgecapError as exc:
         if debug:
             raise

@@ -15,7 +15,7 @@ Dedupe: a sampled frame whose 32x32 greyscale thumbnail differs from that of the
 *captioned* frame of its source by less than ``dedupe`` (mean absolute difference, pixels
 scaled to 0..1) is not captioned again: it repeats that caption with ``repeat=True``. The
 default, 0.01 (a 1% mean grey-level change), sits well above what compression and sensor noise
-do to a static view once averaged into a thumbnail (< 0.003 in practice) while a new object
+do to a static view once averaged into a thumbnail (< 0.005 in practice) while a new object
 covering a few percent of the view usually exceeds it; 0 turns dedupe off.
 """
 

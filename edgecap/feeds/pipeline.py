@@ -7,7 +7,6 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -27,10 +26,9 @@ from .sources import (
     FrameCaption,
     _Info,
     _exc_text,
-    _read_frames,
-    _read_video,
     _where,
     expand_sources,
+    iter_sampled,
 )
 
 if TYPE_CHECKING:
@@ -139,18 +137,13 @@ class _Producer(threading.Thread):
             self.put(_DONE)
 
     def run_source(self, src: FeedSource) -> None:
-        if src.problem:
-            self.put(FeedProblem(src.name, None, src.problem))
-            return
-        every = Fraction(repr(float(self.cfg.every)))
-        reader = _read_video(src) if src.kind == "video" else _read_frames(src, Fraction(repr(float(self.cfg.fps))))
-        next_t: Fraction | None = None
-        sampled = skipped = 0
-        ref: int | tuple[str, float] | None = None
+        cfg, dedupe = self.cfg, self.cfg.dedupe
+        sampled = iter_sampled(src, cfg.every, cfg.fps, cfg.max_frames)
+        skipped = 0
+        ref: int | tuple[str, float] | None = None  # what a repeat repeats: a job id or an earlier run's result
         ref_thumb: np.ndarray | None = None
-        dedupe = self.cfg.dedupe
         try:
-            for item in reader:
+            for item in sampled:
                 if self.stop.is_set():
                     return
                 if isinstance(item, FeedProblem):
@@ -159,17 +152,11 @@ class _Producer(threading.Thread):
                 if isinstance(item, _Info):
                     expected = None
                     if item.duration is not None:
-                        expected = int(math.floor(item.duration / self.cfg.every - 1e-9)) + 1
-                    if self.cfg.max_frames is not None:
-                        expected = min(expected or self.cfg.max_frames, self.cfg.max_frames)
+                        expected = int(math.floor(item.duration / cfg.every - 1e-9)) + 1
+                    if cfg.max_frames is not None:
+                        expected = min(expected or cfg.max_frames, cfg.max_frames)
                     self.put(_Event("start", src.name, expected))
                     continue
-                if self.cfg.max_frames is not None and sampled >= self.cfg.max_frames:
-                    break
-                if next_t is not None and item.pts < next_t:
-                    continue
-                next_t = (math.floor(item.pts / every) + 1) * every
-                sampled += 1
                 pts = float(item.pts)
                 prev = self.done.get((src.name, item.index))
                 if prev is not None and (prev.repeat or not dedupe):
@@ -198,8 +185,7 @@ class _Producer(threading.Thread):
         finally:
             if skipped:
                 self.put(_Event("skip", src.name, skipped))
-            if hasattr(reader, "close"):
-                reader.close()
+            sampled.close()
 
 
 def run_feed(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -139,7 +140,8 @@ def _read_video(src: FeedSource) -> Iterator[_Decoded | _Info | FeedProblem]:
     try:
         container = av.open(src.paths[0], metadata_errors="ignore")
     except Exception as exc:  # noqa: BLE001 - any open failure is this source's problem
-        yield FeedProblem(src.name, None, f"cannot open as video: {_exc_text(exc)}")
+        hint = " (not a video file, or a truncated/corrupt one)" if "Invalid data" in str(exc) else ""
+        yield FeedProblem(src.name, None, f"cannot open as video{hint}: {_exc_text(exc)}")
         return
     with container:
         if not container.streams.video:
@@ -192,3 +194,31 @@ def _read_frames(src: FeedSource, fps: Fraction) -> Iterator[_Decoded | _Info | 
         yield _Decoded(i, Fraction(i) / fps, lambda p=path: np.asarray(load_image(p)))
 
 
+
+
+def iter_sampled(src: FeedSource, every: float, fps: float = 1.0,
+                 max_frames: int | None = None) -> Iterator[_Decoded | _Info | FeedProblem]:
+    """The sampled frames of one source (plus its _Info and problems), in decode order.
+
+    Sample times are the grid 0, every, 2*every...: a frame is taken when its pts is at or past
+    the next grid time not yet covered; at most `max_frames` frames.
+    """
+    if src.problem:
+        yield FeedProblem(src.name, None, src.problem)
+        return
+    step = Fraction(repr(float(every)))
+    reader = _read_video(src) if src.kind == "video" else _read_frames(src, Fraction(repr(float(fps))))
+    next_t: Fraction | None = None
+    sampled = 0
+    try:
+        for item in reader:
+            if isinstance(item, _Decoded):
+                if max_frames is not None and sampled >= max_frames:
+                    return
+                if next_t is not None and item.pts < next_t:
+                    continue
+                next_t = (math.floor(item.pts / step) + 1) * step
+                sampled += 1
+            yield item
+    finally:
+        reader.close()
