@@ -90,7 +90,7 @@ def prepare(args) -> tuple[Path, str | None]:
     if args.bundle:
         return Path(args.bundle), args.model
     try:
-        from edgecap_export.exporter import export
+        from edgecap_export.exporter import ExportOptions, export
         from edgecap_export.peers import build_synthetic
     except ImportError as exc:
         raise EdgecapError(f"--model/--synthetic need the exporter ({exc.name} missing): pip install 'edgecap[export]'") from None
@@ -101,11 +101,40 @@ def prepare(args) -> tuple[Path, str | None]:
             build_synthetic(args.synthetic, ckpt)
     else:
         ckpt = Path(args.model)
-    bundle = _workdir(args) / (args.synthetic or ckpt.name) / "bundle"
+    precisions = tuple(dict.fromkeys(["fp32", *args.precision.split(",")]))
+    bundle = _workdir(args) / (args.synthetic or ckpt.name) / ("bundle-" + "-".join(precisions))
     if not (bundle / "manifest.json").is_file():
-        log.info("exporting %s to %s", ckpt, bundle)
-        export(str(ckpt), bundle)
+        # Speed only: the quality gate is off here (random weights have no meaningful captions);
+        # `edgecap export` measures and gates quality.
+        log.info("exporting %s to %s (%s)", ckpt, bundle, ", ".join(precisions))
+        export(str(ckpt), bundle, ExportOptions(precisions=precisions, min_caption_agreement=0.0))
     return bundle, str(ckpt)
+
+
+PEERS = ("pytorch", "optimum")
+
+
+def load_peers(name: str, ckpt: str | None, args) -> dict:
+    """{(engine, precision): peer}; a missing package or model is a one-line note, not a crash."""
+    if name not in PEERS:
+        log.warning("unknown peer %s (available: %s); skipped", name, ", ".join(PEERS))
+        return {}
+    if ckpt is None:
+        log.warning("--compare %s needs --model or --synthetic (a bundle alone has no PyTorch weights); skipped", name)
+        return {}
+    try:
+        from edgecap_export import peers as peer_mod
+
+        if name == "pytorch":
+            return {("pytorch", "fp32"): peer_mod.PytorchPeer(ckpt, args.threads)}
+        workdir = Path(args.bundle_dir).parent if hasattr(args, "bundle_dir") else _workdir(args)
+        out = {("optimum", "fp32"): peer_mod.OptimumPeer(ckpt, args.threads, workdir)}
+        if "int8" in args.precision.split(","):
+            out[("optimum", "int8")] = peer_mod.OptimumPeer(ckpt, args.threads, workdir, int8=True)
+        return out
+    except ImportError as exc:
+        log.warning("%s skipped: %s is not installed", name, exc.name or exc)
+        return {}
 
 
 def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pixels: np.ndarray) -> Row:
@@ -171,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="edgecap-bench: %(message)s", stream=sys.stderr)
     try:
         bundle, ckpt = prepare(args)
+        args.bundle_dir = bundle
         from .bundle import load_bundle
         from .preprocess import PreprocessSpec
 
@@ -179,18 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         peers = {}
         for name in [c for c in args.compare.split(",") if c]:
-            if name != "pytorch":
-                log.warning("peer %s is not available in this version; skipped", name)
-                continue
-            if ckpt is None:
-                log.warning("--compare pytorch needs --model or --synthetic; skipped")
-                continue
-            try:
-                from edgecap_export.peers import PytorchPeer
-            except ImportError as exc:
-                log.warning("pytorch peer skipped: %s is not installed", exc.name)
-                continue
-            peers[name] = PytorchPeer(ckpt, args.threads)
+            peers.update(load_peers(name, ckpt, args))
         rows: list[Row] = []
         for batch in args.batch_sizes:
             pixels = rng.uniform(-1, 1, size=(batch, 3, h, w)).astype(np.float32)
@@ -198,10 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for precision in args.precision.split(","):
                     log.info("edgecap %s batch %d beams %d", precision, batch, beams)
                     rows.append(bench_edgecap(args, bundle, precision, batch, beams, pixels))
-                for name, peer in peers.items():
-                    log.info("%s batch %d beams %d", name, batch, beams)
+                for (name, precision), peer in peers.items():
+                    log.info("%s %s batch %d beams %d", name, precision, batch, beams)
                     times = time_calls(peer.runner(pixels, beams, args.new_tokens), args.warmup, args.repeat)
-                    rows.append(_row(name, "cpu", "fp32", batch, beams, args.new_tokens, times))
+                    rows.append(_row(name, "cpu", precision, batch, beams, args.new_tokens, times))
     except EdgecapError as exc:
         print(f"edgecap-bench: error: {exc}", file=sys.stderr)
         return 2

@@ -68,11 +68,32 @@ def load_model(model: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise ExportError(f"{model}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+        tokenizer = _plain_fast_tokenizer(Path(model))
+        if tokenizer is None:
+            raise ExportError(f"{model}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ExportError(f"{model}: the tokenizer has no `tokenizers` (fast) backend, which the runtime needs")
     proc_cfg = _read_processor_config(model)
     return hf_model, tokenizer, proc_cfg
+
+
+def _plain_fast_tokenizer(model_dir: Path):
+    """tokenizer.json + tokenizer_config.json without AutoTokenizer's class lookup.
+
+    A checkpoint saved by transformers 5.x names `TokenizersBackend` as its class, which 4.x
+    cannot import; the tokenizer itself is the same `tokenizers` file.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    cfg_path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    keys = ("bos_token", "eos_token", "pad_token", "unk_token", "clean_up_tokenization_spaces")
+    kwargs = {k: cfg[k] for k in keys if isinstance(cfg.get(k), (str, bool))}
+    log.info("loading %s directly (AutoTokenizer could not resolve its tokenizer class)", path)
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), **kwargs)
 
 
 def _read_processor_config(model: str) -> dict[str, Any]:

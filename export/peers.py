@@ -81,3 +81,55 @@ class PytorchPeer:
                 )
 
         return run
+
+
+class OptimumPeer:
+    """Optimum's `ORTModelForVision2Seq` (encoder + decoder + decoder_with_past ONNX, run through
+    transformers' `generate()`), exported once into `workdir`. With int8=True its graphs are
+    quantized by ONNX Runtime's dynamic quantizer (per-tensor), as Optimum users do.
+    """
+
+    def __init__(self, model_dir: str, threads: int | None, workdir: Path, int8: bool = False) -> None:
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForVision2Seq  # noqa: F401  (fail early if missing)
+
+        self.name = "optimum"
+        self.precision = "int8" if int8 else "fp32"
+        fp32_dir = workdir / "optimum-fp32"
+        if not (fp32_dir / "encoder_model.onnx").is_file():
+            log.info("exporting %s with Optimum into %s", model_dir, fp32_dir)
+            ORTModelForVision2Seq.from_pretrained(model_dir, export=True).save_pretrained(fp32_dir)
+        model_path = fp32_dir
+        if int8:
+            model_path = workdir / "optimum-int8"
+            if not (model_path / "encoder_model.onnx").is_file():
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+                import shutil
+
+                shutil.copytree(fp32_dir, model_path, dirs_exist_ok=True)
+                for name in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):
+                    if (fp32_dir / name).is_file():
+                        quantize_dynamic(str(fp32_dir / name), str(model_path / name), weight_type=QuantType.QInt8)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        t0 = time.perf_counter()
+        self.model = ORTModelForVision2Seq.from_pretrained(
+            model_path, session_options=so, provider="CPUExecutionProvider", use_merged=False
+        )
+        self.load_seconds = time.perf_counter() - t0
+
+    def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
+        import torch
+
+        px = torch.from_numpy(pixels)
+
+        def run():
+            with torch.inference_mode():
+                return self.model.generate(
+                    pixel_values=px, num_beams=num_beams, do_sample=False,
+                    max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                )
+
+        return run
