@@ -110,6 +110,8 @@ class Architecture:
     head_dim: int
     vocab_size: int
     max_positions: int  # longest decoder sequence the position embeddings allow (incl. start token)
+    encoder_flops: int  # per image, cross K/V projection included (for the bench's floor estimate)
+    decoder_step_params: int  # weights one decoder step must read (embedding tables excluded)
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 head_dim=dec.head_dim,
                 vocab_size=dec.vocab,
                 max_positions=dec.max_positions,
+                encoder_flops=enc.flops(dec),
+                decoder_step_params=dec.step_params(),
             ),
             preprocess=spec.to_dict(),
             generation=gen,

@@ -107,9 +107,12 @@ class OptimumPeer:
                 import shutil
 
                 shutil.copytree(fp32_dir, model_path, dirs_exist_ok=True)
+                from .quantize import quiet_root_logger
+
                 for name in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):
                     if (fp32_dir / name).is_file():
-                        quantize_dynamic(str(fp32_dir / name), str(model_path / name), weight_type=QuantType.QInt8)
+                        with quiet_root_logger():
+                            quantize_dynamic(str(fp32_dir / name), str(model_path / name), weight_type=QuantType.QInt8)
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -22,18 +23,31 @@ logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 PRECISIONS = ("fp32", "int8", "fp16", "int4")
 
 
+@contextlib.contextmanager
+def quiet_root_logger():
+    """ONNX Runtime's quantizers log per tensor through the root logger; keep that out of our output."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=["MatMul"],
-        per_channel=per_channel,
-        weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    with quiet_root_logger():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul"],
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
 
 
 def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
@@ -42,6 +56,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
     model = onnx.load(str(src))
     # accuracy_level 4: activations quantized to int8 inside the kernel (the fast CPU path).
     quant = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4)
-    quant.process()
+    with quiet_root_logger():
+        quant.process()
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(quant.model.model, str(dst))

@@ -71,6 +71,19 @@ class Encoder:
     def seq_len(self) -> int:
         return int(self.pos_emb.shape[0])
 
+    def flops(self, dec: "Decoder") -> int:
+        """Multiply-add FLOPs (x2) of one image through the encoder graph, cross K/V included."""
+        s, e = self.seq_len, self.hidden
+        n_patches = s - int(self.prefix_tokens.shape[0])
+        total = 2 * n_patches * int(self.patch_w[0].size) * e
+        for layer in self.layers:
+            mats = (layer.attn.q, layer.attn.k, layer.attn.v, layer.attn.o, layer.fc1, layer.fc2)
+            total += 2 * s * sum(int(m.w.size) for m in mats) + 2 * 2 * s * s * e
+        if self.to_decoder is not None:
+            total += 2 * s * int(self.to_decoder.w.size)
+        total += 2 * s * sum(int(l.cross_attn.k.w.size + l.cross_attn.v.w.size) for l in dec.layers)
+        return total
+
 
 @dataclass
 class DecoderLayer:
@@ -115,3 +128,12 @@ class Decoder:
     @property
     def vocab(self) -> int:
         return int(self.lm_head.w.shape[1])
+
+    def step_params(self) -> int:
+        """Weights one decoder step reads: every matrix but the embedding tables (one row each)."""
+        total = int(self.lm_head.w.size)
+        for layer in self.layers:
+            for m in (layer.self_attn.q, layer.self_attn.k, layer.self_attn.v, layer.self_attn.o,
+                      layer.cross_attn.q, layer.cross_attn.o, layer.fc1, layer.fc2):
+                total += int(m.w.size) + (int(m.b.size) if m.b is not None else 0)
+        return total
