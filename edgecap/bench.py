@@ -42,6 +42,9 @@ class Row:
     tokens_per_s: float
     encoder_ms: float | None = None
     decoder_step_ms: float | None = None
+    floor_encoder_ms: float | None = None
+    floor_decoder_step_ms: float | None = None
+    load_s: float | None = None
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -57,6 +60,49 @@ def time_calls(fn: Callable[[], object], warmup: int, repeat: int) -> list[float
         fn()
         out.append((time.perf_counter() - t0) * 1000)
     return out
+
+
+# Bytes per weight as stored in each precision's decoder graph (int8/int4 carry small scale tables).
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
+
+
+def measure_floors(threads: int | None) -> dict:
+    """What this machine's ONNX Runtime MatMul reaches, the two numbers a floor rests on.
+
+    read_gb_per_s: a 1-row product against a 256 MB fp32 matrix: the weight-streaming rate a
+    decoder step is bound by. matmul_gflop_per_s: a 1024^3 fp32 product: the encoder's rate.
+    Both run the shipped probe graph (edgecap/data/probe_matmul.onnx) at the bench's thread count.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(Path(__file__).parent / "data" / "probe_matmul.onnx"), so,
+                                providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+
+    def rate(m: int, k: int, n: int, reps: int) -> float:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        sess.run(None, {"a": a, "b": b})
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sess.run(None, {"a": a, "b": b})
+        return (time.perf_counter() - t0) / reps
+
+    gemv = rate(1, 8192, 8192, 10)  # 256 MB of "weights"
+    gemm = rate(1024, 1024, 1024, 10)
+    return {"read_gb_per_s": 8192 * 8192 * 4 / gemv / 1e9, "matmul_gflop_per_s": 2 * 1024**3 / gemm / 1e9}
+
+
+def floor_estimate(arch, precision: str, batch: int, beams: int, floors: dict) -> dict:
+    """Encoder ms (FLOPs / matmul rate) and decoder-step ms (weight bytes / read bandwidth)."""
+    step_bytes = arch.decoder_step_params * BYTES_PER_WEIGHT.get(precision, 4.0)
+    return {
+        "encoder_ms": batch * arch.encoder_flops / (floors["matmul_gflop_per_s"] * 1e9) * 1000,
+        "decoder_step_ms": step_bytes / (floors["read_gb_per_s"] * 1e9) * 1000,
+    }
 
 
 def machine_info(threads: int | None) -> dict:
@@ -137,17 +183,20 @@ def load_peers(name: str, ckpt: str | None, args) -> dict:
         return {}
 
 
-def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pixels: np.ndarray) -> Row:
+def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pixels: np.ndarray, floors: dict) -> Row:
     from .captioner import Captioner
 
     cap = Captioner(bundle, precision=precision, backend=args.backend, threads=args.threads)
+    floor = floor_estimate(cap.bundle.manifest.architecture, precision, batch, beams, floors)
     opts = GenerationOptions(num_beams=beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     enc_times = time_calls(lambda: cap.encode(pixels), args.warmup, args.repeat)
     encoded = cap.encode(pixels)
     dec_times = time_calls(lambda: cap.decode(encoded, opts), args.warmup, args.repeat)
     total = time_calls(lambda: cap.decode(cap.encode(pixels), opts), 0, args.repeat)
     return _row("edgecap", cap.backend, cap.precision, batch, beams, args.new_tokens, total,
-                encoder_ms=statistics.median(enc_times), decoder_step_ms=statistics.median(dec_times) / args.new_tokens)
+                encoder_ms=statistics.median(enc_times), decoder_step_ms=statistics.median(dec_times) / args.new_tokens,
+                floor_encoder_ms=floor["encoder_ms"], floor_decoder_step_ms=floor["decoder_step_ms"],
+                load_s=cap.load_seconds)
 
 
 def _row(engine, backend, precision, batch, beams, new_tokens, times, **extra) -> Row:
@@ -158,7 +207,7 @@ def _row(engine, backend, precision, batch, beams, new_tokens, times, **extra) -
 
 def print_table(rows: list[Row], out=sys.stdout) -> None:
     base = {(r.batch_size, r.num_beams): r.latency_ms_p50 for r in rows if r.engine == "pytorch"}
-    head = f"{'engine':<9}{'backend':<8}{'prec':<6}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}{'tok/s':>8}{'enc ms':>8}{'step ms':>9}{'vs torch':>9}"
+    head = f"{'engine':<9}{'backend':<8}{'prec':<6}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}{'tok/s':>8}{'enc ms':>8}{'step ms':>9}{'floor':>7}{'vs torch':>9}"
     print(head, file=out)
     for r in rows:
         ratio = base.get((r.batch_size, r.num_beams))
@@ -166,6 +215,7 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
             f"{r.engine:<9}{r.backend:<8}{r.precision:<6}{r.batch_size:>6}{r.num_beams:>6}{r.latency_ms_p50:>10.1f}"
             f"{r.latency_ms_p90:>10.1f}{r.images_per_s:>8.2f}{r.tokens_per_s:>8.1f}"
             f"{(f'{r.encoder_ms:.1f}' if r.encoder_ms else '-'):>8}{(f'{r.decoder_step_ms:.2f}' if r.decoder_step_ms else '-'):>9}"
+            f"{(f'{r.decoder_step_ms / r.floor_decoder_step_ms:.1f}x' if r.floor_decoder_step_ms else '-'):>7}"
             f"{(f'{r.latency_ms_p50 / ratio:.2f}x' if ratio else '-'):>9}",
             file=out,
         )
@@ -211,12 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in [c for c in args.compare.split(",") if c]:
             peers.update(load_peers(name, ckpt, args))
         rows: list[Row] = []
+        floors = measure_floors(args.threads)
+        log.info("machine: read %.1f GB/s, matmul %.0f GFLOP/s", floors["read_gb_per_s"], floors["matmul_gflop_per_s"])
         for batch in args.batch_sizes:
             pixels = rng.uniform(-1, 1, size=(batch, 3, h, w)).astype(np.float32)
             for beams in args.beams:
                 for precision in args.precision.split(","):
                     log.info("edgecap %s batch %d beams %d", precision, batch, beams)
-                    rows.append(bench_edgecap(args, bundle, precision, batch, beams, pixels))
+                    rows.append(bench_edgecap(args, bundle, precision, batch, beams, pixels, floors))
                 for (name, precision), peer in peers.items():
                     log.info("%s %s batch %d beams %d", name, precision, batch, beams)
                     times = time_calls(peer.runner(pixels, beams, args.new_tokens), args.warmup, args.repeat)
@@ -227,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows)
     if args.json:
         result = {
-            "machine": machine_info(args.threads),
+            "machine": {**machine_info(args.threads), **floors},
             "model": {"bundle": str(bundle), "source": manifest.source.model, "architecture": asdict(manifest.architecture)},
             "rows": [asdict(r) for r in rows],
         }
