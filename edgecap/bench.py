@@ -45,6 +45,7 @@ class Row:
     floor_encoder_ms: float | None = None
     floor_decoder_step_ms: float | None = None
     load_s: float | None = None
+    peak_rss_mb: float | None = None
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -207,7 +208,7 @@ def _row(engine, backend, precision, batch, beams, new_tokens, times, **extra) -
 
 def print_table(rows: list[Row], out=sys.stdout) -> None:
     base = {(r.batch_size, r.num_beams): r.latency_ms_p50 for r in rows if r.engine == "pytorch"}
-    head = f"{'engine':<9}{'backend':<8}{'prec':<6}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}{'tok/s':>8}{'enc ms':>8}{'step ms':>9}{'floor':>7}{'vs torch':>9}"
+    head = f"{'engine':<9}{'backend':<8}{'prec':<6}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}{'tok/s':>8}{'enc ms':>8}{'step ms':>9}{'floor':>7}{'RSS MB':>8}{'vs torch':>9}"
     print(head, file=out)
     for r in rows:
         ratio = base.get((r.batch_size, r.num_beams))
@@ -216,6 +217,7 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
             f"{r.latency_ms_p90:>10.1f}{r.images_per_s:>8.2f}{r.tokens_per_s:>8.1f}"
             f"{(f'{r.encoder_ms:.1f}' if r.encoder_ms else '-'):>8}{(f'{r.decoder_step_ms:.2f}' if r.decoder_step_ms else '-'):>9}"
             f"{(f'{r.decoder_step_ms / r.floor_decoder_step_ms:.1f}x' if r.floor_decoder_step_ms else '-'):>7}"
+            f"{(f'{r.peak_rss_mb:.0f}' if r.peak_rss_mb else '-'):>8}"
             f"{(f'{r.latency_ms_p50 / ratio:.2f}x' if ratio else '-'):>9}",
             file=out,
         )
@@ -227,7 +229,7 @@ def _ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecap-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_argument_group("model (one of)")
     src.add_argument("--bundle", help="an exported bundle directory")
     src.add_argument("--model", help="a Hugging Face checkpoint directory: exported first (cached in --workdir)")
     src.add_argument("--synthetic", choices=["vit-gpt2-base"], help="random weights with a real model's geometry")
@@ -241,41 +243,137 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--compare", default="", help="peers to run in the same process: pytorch")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--plot", metavar="PATH.png", help="latency and throughput bars (needs matplotlib)")
+    p.add_argument("--engine", help=argparse.SUPPRESS)  # child process: ENGINE:PRECISION
+    p.add_argument("--floors", help=argparse.SUPPRESS)
+    p.add_argument("--rows-out", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help="where synthetic checkpoints and bundles are cached (default: ~/.cache/edgecap/bench)")
     return p
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: ru_maxrss survives exec, so a
+    child would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def engine_specs(args) -> list[str]:
+    """Each (engine, precision) runs in its own process, so its peak RSS is its own."""
+    specs = [f"edgecap:{p}" for p in args.precision.split(",") if p]
+    for name in [c for c in args.compare.split(",") if c]:
+        specs.append(f"{name}:fp32")
+        if name == "optimum" and "int8" in args.precision.split(","):
+            specs.append("optimum:int8")
+    return specs
+
+
+def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) -> list[Row]:
+    """Child-process side: every batch x beams case for one engine."""
+    from .bundle import load_bundle
+    from .preprocess import PreprocessSpec
+
+    engine, precision = spec.split(":")
+    manifest = load_bundle(bundle, verify_checksums=False).manifest
+    h, w = PreprocessSpec.from_dict(manifest.preprocess).output_hw
+    peer = None
+    if engine != "edgecap":
+        peers = load_peers(engine, ckpt, args)
+        peer = peers.get((engine, precision))
+        if peer is None:
+            return []
+    rows = []
+    for batch in args.batch_sizes:
+        pixels = np.random.default_rng(batch).uniform(-1, 1, size=(batch, 3, h, w)).astype(np.float32)
+        for beams in args.beams:
+            log.info("%s %s batch %d beams %d", engine, precision, batch, beams)
+            if peer is None:
+                rows.append(bench_edgecap(args, bundle, precision, batch, beams, pixels, floors))
+            else:
+                times = time_calls(peer.runner(pixels, beams, args.new_tokens), args.warmup, args.repeat)
+                rows.append(_row(engine, "cpu", precision, batch, beams, args.new_tokens, times, load_s=peer.load_seconds))
+    rss_mb = peak_rss_mb()
+    for r in rows:
+        r.peak_rss_mb = rss_mb
+    return rows
+
+
+def plot(rows: list[Row], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("--plot skipped: matplotlib is not installed (pip install 'edgecap[bench]')")
+        return
+    labels = [f"{r.engine} {r.precision}\nb{r.batch_size} beams{r.num_beams}" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, len(rows) * 0.9), 7))
+    colours = {"edgecap": "tab:green", "pytorch": "tab:red", "optimum": "tab:blue"}
+    c = [colours.get(r.engine, "tab:gray") for r in rows]
+    ax1.bar(range(len(rows)), [r.latency_ms_p50 for r in rows], color=c)
+    ax1.set_ylabel("latency p50 (ms)")
+    ax2.bar(range(len(rows)), [r.images_per_s for r in rows], color=c)
+    ax2.set_ylabel("images / s")
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, fontsize=7)
+    fig.suptitle(f"edgecap-bench ({rows[0].new_tokens} new tokens)" if rows else "edgecap-bench")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.bundle or args.model or args.synthetic):
+        parser.error("one of --bundle, --model or --synthetic is required")
+    if args.synthetic and (args.bundle or args.model):
+        parser.error("--synthetic cannot be combined with --bundle or --model")
     logging.basicConfig(level=logging.INFO, format="edgecap-bench: %(message)s", stream=sys.stderr)
     try:
         bundle, ckpt = prepare(args)
         args.bundle_dir = bundle
         from .bundle import load_bundle
-        from .preprocess import PreprocessSpec
 
         manifest = load_bundle(bundle, verify_checksums=False).manifest
-        h, w = PreprocessSpec.from_dict(manifest.preprocess).output_hw
-        rng = np.random.default_rng(0)
-        peers = {}
-        for name in [c for c in args.compare.split(",") if c]:
-            peers.update(load_peers(name, ckpt, args))
-        rows: list[Row] = []
+        if args.engine:  # child process
+            floors = json.loads(args.floors)
+            rows = run_engine(args, args.engine, bundle, ckpt, floors)
+            Path(args.rows_out).write_text(json.dumps([asdict(r) for r in rows]))
+            return 0
         floors = measure_floors(args.threads)
         log.info("machine: read %.1f GB/s, matmul %.0f GFLOP/s", floors["read_gb_per_s"], floors["matmul_gflop_per_s"])
-        for batch in args.batch_sizes:
-            pixels = rng.uniform(-1, 1, size=(batch, 3, h, w)).astype(np.float32)
-            for beams in args.beams:
-                for precision in args.precision.split(","):
-                    log.info("edgecap %s batch %d beams %d", precision, batch, beams)
-                    rows.append(bench_edgecap(args, bundle, precision, batch, beams, pixels, floors))
-                for (name, precision), peer in peers.items():
-                    log.info("%s %s batch %d beams %d", name, precision, batch, beams)
-                    times = time_calls(peer.runner(pixels, beams, args.new_tokens), args.warmup, args.repeat)
-                    rows.append(_row(name, "cpu", precision, batch, beams, args.new_tokens, times))
+        rows = []
+        import subprocess
+        import tempfile
+
+        child_args = list(argv if argv is not None else sys.argv[1:])
+        # the bundle is prepared: children get it (and the checkpoint for peers) and skip the export
+        child_args = _drop_source_args(child_args) + ["--bundle", str(bundle)] + (["--model", ckpt] if ckpt else [])
+        for spec in engine_specs(args):
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+                out = tmp.name
+            cmd = [sys.executable, "-m", "edgecap.bench", *child_args, "--engine", spec,
+                   "--floors", json.dumps(floors), "--rows-out", out]
+            if subprocess.run(cmd).returncode != 0:
+                log.warning("%s failed; see the lines above", spec)
+                continue
+            rows += [Row(**r) for r in json.loads(Path(out).read_text())]
+            os.unlink(out)
     except EdgecapError as exc:
         print(f"edgecap-bench: error: {exc}", file=sys.stderr)
         return 2
+    order = {e: i for i, e in enumerate(("edgecap", "pytorch", "optimum"))}
+    rows.sort(key=lambda r: (r.batch_size, r.num_beams, order.get(r.engine, 9), r.precision))
     print_table(rows)
     if args.json:
         result = {
@@ -284,7 +382,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rows": [asdict(r) for r in rows],
         }
         Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(rows, args.plot)
     return 0
+
+
+def _drop_source_args(argv: list[str]) -> list[str]:
+    """Remove --synthetic/--model/--bundle (and values) given by the user; the parent re-adds them."""
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in ("--synthetic", "--model", "--bundle"):
+            skip = True
+            continue
+        if a.split("=", 1)[0] in ("--synthetic", "--model", "--bundle"):
+            continue
+        out.append(a)
+    return out
 
 
 if __name__ == "__main__":
