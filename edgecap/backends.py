@@ -18,7 +18,7 @@ from .errors import BundleError, EdgecapError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cpu")
+BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt", "tensorrt")  # GPU ones: edgecap/gpu, docs/gpu.md
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
 
@@ -27,11 +27,21 @@ class SessionOptions:
     threads: int | None = None  # intra-op threads; None = ONNX Runtime's default (all cores)
 
 
-def resolve_backend(backend: str | None) -> str:
+def resolve_backend(backend: str | None, bundle: Bundle | None = None, precision: str | None = None) -> str:
+    """Validate a backend name; "auto" becomes the best one available for `bundle` (CPU without a bundle).
+
+    auto: TensorRT engines if built and usable, else ONNX Runtime CUDA, else CPU (`gpu/select.py`).
+    """
     backend = backend or "auto"
     if backend not in BACKENDS:
         raise EdgecapError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-    return "cpu" if backend == "auto" else backend
+    if backend != "auto":
+        return backend
+    if bundle is None:
+        return "cpu"
+    from .gpu.select import choose_backend  # lazy: probes GPU packages only when asked
+
+    return choose_backend(bundle, precision)
 
 
 def _providers(backend: str) -> list[str]:

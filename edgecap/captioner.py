@@ -48,7 +48,7 @@ class Captioner:
     Args:
         bundle_dir: bundle directory (from `edgecap export`); None = the bundled demo model.
         precision: which graphs to run ("fp32", "int8", ...); None = the best this bundle has for the backend.
-        backend: "cpu" or "auto".
+        backend: "cpu", "cuda", "ort-tensorrt", "tensorrt" or "auto" (see docs/gpu.md).
         threads: ONNX Runtime intra-op threads; None = all cores.
         verify_checksums: hash the graphs at load (a second or so for large models).
     """
@@ -68,6 +68,8 @@ class Captioner:
                 raise BundleError("no bundle given and no demo bundle installed; pass a bundle directory")
         self.backend = resolve_backend(backend)
         bundle = load_bundle(bundle_dir, precision=precision, verify_checksums=False)
+        if (backend or "auto") == "auto":
+            self.backend = resolve_backend("auto", bundle, precision)
         self.precision = precision or self._pick_precision(bundle)
         self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
         man = self.bundle.manifest
@@ -76,17 +78,27 @@ class Captioner:
         except ValueError as exc:
             raise BundleError(f"{self.bundle.path / 'manifest.json'}: preprocess: {exc}") from None
         pair = self.bundle.graphs(self.precision)
-        sopts = SessionOptions(threads=threads)
-        self._encoder = OrtEncoder(create_session(self.bundle, pair.encoder, self.backend, sopts))
-        self._decoder = OrtStepDecoder(
-            create_session(self.bundle, pair.decoder, self.backend, sopts), man.architecture, pair.decoder
-        )
+        if self.backend == "cpu":
+            sopts = SessionOptions(threads=threads)
+            self._encoder = OrtEncoder(create_session(self.bundle, pair.encoder, self.backend, sopts))
+            self._decoder = OrtStepDecoder(
+                create_session(self.bundle, pair.decoder, self.backend, sopts), man.architecture, pair.decoder
+            )
+        else:  # device-resident encoder outputs and KV cache (edgecap/gpu, docs/gpu.md)
+            from .gpu import create_models
+
+            self._encoder, self._decoder = create_models(self.bundle, self.precision, self.backend)
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
 
     def _pick_precision(self, bundle: Bundle) -> str:
-        for p in _PRECISION_PREFERENCE.get(self.backend, ()):
+        prefs = _PRECISION_PREFERENCE.get(self.backend)
+        if prefs is None:
+            from .gpu import precision_preference
+
+            prefs = precision_preference(bundle, self.backend)
+        for p in prefs:
             if p in bundle.manifest.graphs:
                 return p
         return bundle.precisions[0]

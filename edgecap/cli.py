@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .feeds.command import add_feed_parser  # `edgecap feed` (video needs edgecap[feeds])
 
     add_feed_parser(sub)
+
+    from .gpu.trt_build import add_build_engine_parser  # `edgecap build-engine` (needs edgecap[tensorrt])
+
+    add_build_engine_parser(sub)
     return parser
 
 
@@ -197,6 +201,12 @@ def _feed(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def _build_engine(args: argparse.Namespace) -> int:
+    from .gpu.trt_build import run_build_engine
+
+    return run_build_engine(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -209,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("edgecap.captioner", "edgecap.bundle", "edgecap.backends"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        return {"caption": _caption, "export": _export, "feed": _feed}[args.command](args)
+        return {"caption": _caption, "export": _export, "feed": _feed, "build-engine": _build_engine}[args.command](args)
     except EdgecapError as exc:
         if debug:
             raise
