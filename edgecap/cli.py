@@ -63,7 +63,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--bundle", metavar="DIR", help="bundle directory from `edgecap export` (default: the bundled demo model)")
     g.add_argument("--precision", metavar="P", help="graphs to run: fp32, int8, ... (default: the best the bundle has)")
-    g.add_argument("--backend", metavar="B", default="auto", help="cpu or auto (default: auto)")
+    g.add_argument("--backend", metavar="B", default="auto", help="auto, cpu, cuda, ort-tensorrt or tensorrt (default: auto: built TensorRT engines, else ONNX Runtime CUDA, else CPU)")
     g.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
 
 
