@@ -87,7 +87,23 @@ class Captioner:
         else:  # device-resident encoder outputs and KV cache (edgecap/gpu, docs/gpu.md)
             from .gpu import create_models
 
-            self._encoder, self._decoder = create_models(self.bundle, self.precision, self.backend)
+            try:
+                self._encoder, self._decoder = create_models(self.bundle, self.precision, self.backend)
+            except Exception as exc:
+                if (backend or "auto") != "auto":
+                    raise
+                # "auto" promised the best *working* backend: a GPU path that fails to start is a
+                # warning and a CPU captioner, not a dead application.
+                log.warning("backend %s failed to start (%s); falling back to cpu", self.backend, exc)
+                self.backend = "cpu"
+                self.precision = precision or self._pick_precision(self.bundle)
+                self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
+                pair = self.bundle.graphs(self.precision)
+                sopts = SessionOptions(threads=threads)
+                self._encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", sopts))
+                self._decoder = OrtStepDecoder(
+                    create_session(self.bundle, pair.decoder, "cpu", sopts), man.architecture, pair.decoder
+                )
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
