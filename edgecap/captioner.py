@@ -77,13 +77,8 @@ class Captioner:
             self.preprocess_spec = PreprocessSpec.from_dict(man.preprocess)
         except ValueError as exc:
             raise BundleError(f"{self.bundle.path / 'manifest.json'}: preprocess: {exc}") from None
-        pair = self.bundle.graphs(self.precision)
         if self.backend == "cpu":
-            sopts = SessionOptions(threads=threads)
-            self._encoder = OrtEncoder(create_session(self.bundle, pair.encoder, self.backend, sopts))
-            self._decoder = OrtStepDecoder(
-                create_session(self.bundle, pair.decoder, self.backend, sopts), man.architecture, pair.decoder
-            )
+            self._encoder, self._decoder = self._cpu_models(threads)
         else:  # device-resident encoder outputs and KV cache (edgecap/gpu, docs/gpu.md)
             from .gpu import create_models
 
@@ -98,15 +93,17 @@ class Captioner:
                 self.backend = "cpu"
                 self.precision = precision or self._pick_precision(self.bundle)
                 self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
-                pair = self.bundle.graphs(self.precision)
-                sopts = SessionOptions(threads=threads)
-                self._encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", sopts))
-                self._decoder = OrtStepDecoder(
-                    create_session(self.bundle, pair.decoder, "cpu", sopts), man.architecture, pair.decoder
-                )
+                self._encoder, self._decoder = self._cpu_models(threads)
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
+
+    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, OrtStepDecoder]:
+        pair = self.bundle.graphs(self.precision)
+        sopts = SessionOptions(threads=threads)
+        encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", sopts))
+        decoder = create_session(self.bundle, pair.decoder, "cpu", sopts)
+        return encoder, OrtStepDecoder(decoder, self.bundle.manifest.architecture, pair.decoder)
 
     def _pick_precision(self, bundle: Bundle) -> str:
         prefs = _PRECISION_PREFERENCE.get(self.backend)
