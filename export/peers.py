@@ -53,6 +53,22 @@ def build_synthetic(name: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def generate_runner(model, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
+    """A call of `model.generate()` making exactly `new_tokens` tokens (both peers run through it)."""
+    import torch
+
+    px = torch.from_numpy(pixels)
+
+    def run():
+        with torch.inference_mode():
+            return model.generate(
+                pixel_values=px, num_beams=num_beams, do_sample=False,
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            )
+
+    return run
+
+
 class PytorchPeer:
     """transformers `generate()` on the same checkpoint and pixels."""
 
@@ -70,17 +86,7 @@ class PytorchPeer:
         self.load_seconds = time.perf_counter() - t0
 
     def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
-        torch = self.torch
-        px = torch.from_numpy(pixels)
-
-        def run():
-            with torch.inference_mode():
-                return self.model.generate(
-                    pixel_values=px, num_beams=num_beams, do_sample=False,
-                    max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                )
-
-        return run
+        return generate_runner(self.model, pixels, num_beams, new_tokens)
 
 
 class OptimumPeer:
@@ -124,15 +130,4 @@ class OptimumPeer:
         self.load_seconds = time.perf_counter() - t0
 
     def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
-        import torch
-
-        px = torch.from_numpy(pixels)
-
-        def run():
-            with torch.inference_mode():
-                return self.model.generate(
-                    pixel_values=px, num_beams=num_beams, do_sample=False,
-                    max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                )
-
-        return run
+        return generate_runner(self.model, pixels, num_beams, new_tokens)
