@@ -191,7 +191,7 @@ def _export(args: argparse.Namespace) -> int:
             eval_images=eval_images,
         ),
     )
-    _say(f"wrote bundle {out}")
+    log.debug("export finished: %s", out)
     return EXIT_OK
 
 

@@ -28,7 +28,7 @@ def quiet_root_logger():
     """ONNX Runtime's quantizers log per tensor through the root logger; keep that out of our output."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    root.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:
