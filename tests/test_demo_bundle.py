@@ -17,8 +17,11 @@ SEED = 4242  # never used for training (seed 1), evaluation (1234) or the sample
 
 
 def scenes_module():
-    spec = importlib.util.spec_from_file_location("demo_scenes_t", REPO / "models" / "demo" / "scenes.py")
+    if "demo_scenes" in sys.modules:
+        return sys.modules["demo_scenes"]
+    spec = importlib.util.spec_from_file_location("demo_scenes", REPO / "models" / "demo" / "scenes.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["demo_scenes"] = mod  # dataclasses look their module up while the file runs
     spec.loader.exec_module(mod)
     return mod
 
