@@ -100,9 +100,8 @@ class Captioner:
 
     def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, OrtStepDecoder]:
         pair = self.bundle.graphs(self.precision)
-        sopts = SessionOptions(threads=threads)
-        encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", sopts))
-        decoder = create_session(self.bundle, pair.decoder, "cpu", sopts)
+        encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", SessionOptions(threads, spin=False)))
+        decoder = create_session(self.bundle, pair.decoder, "cpu", SessionOptions(threads))
         return encoder, OrtStepDecoder(decoder, self.bundle.manifest.architecture, pair.decoder)
 
     def _pick_precision(self, bundle: Bundle) -> str:

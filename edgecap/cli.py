@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("outdir", metavar="OUTDIR", help="bundle directory to create (must not exist or be empty)")
     exp.add_argument(
         "--precision", default="fp32,int8", metavar="LIST",
-        help="comma-separated precisions to write: fp32 (always), int8, fp16, int4 (default: fp32,int8)",
+        help="comma-separated precisions to write: fp32 (always), int8, fp16, int4, int8-qdq (static Q/DQ "
+        "for TensorRT) (default: fp32,int8)",
     )
     exp.add_argument(
         "--min-agreement", type=float, default=0.95, metavar="X",
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation images is not written (default: 0.95)",
     )
     exp.add_argument("--eval-images", metavar="DIR", help="images for that agreement (default: 32 random images)")
+    exp.add_argument(
+        "--calibration", metavar="DIR",
+        help="images whose activation ranges calibrate int8-qdq (default: 16 of the evaluation images)",
+    )
     exp.add_argument("--verify-images", type=int, default=4, metavar="N", help="random images checked against PyTorch")
     exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
@@ -175,11 +180,16 @@ def _export(args: argparse.Namespace) -> int:
             f"`edgecap export` needs the exporter's dependencies ({exc.name or exc} is missing): "
             "pip install 'edgecap[export]'"
         ) from None
-    eval_images: tuple[str, ...] = ()
-    if args.eval_images:
-        eval_images = tuple(p for p, problem in expand_inputs([args.eval_images]) if problem is None)
-        if not eval_images:
-            raise EdgecapError(f"{args.eval_images}: no images to evaluate precisions on")
+    def image_dir(path: str | None, purpose: str) -> tuple[str, ...]:
+        if not path:
+            return ()
+        found = tuple(p for p, problem in expand_inputs([path]) if problem is None)
+        if not found:
+            raise EdgecapError(f"{path}: no images to {purpose}")
+        return found
+
+    eval_images = image_dir(args.eval_images, "evaluate precisions on")
+    calibration_images = image_dir(args.calibration, "calibrate int8-qdq with")
     precisions = tuple(dict.fromkeys(["fp32"] + [p.strip() for p in args.precision.split(",") if p.strip()]))
     out = export(
         args.model,
@@ -189,6 +199,7 @@ def _export(args: argparse.Namespace) -> int:
             verify_images=args.verify_images,
             min_caption_agreement=args.min_agreement,
             eval_images=eval_images,
+            calibration_images=calibration_images,
         ),
     )
     log.debug("export finished: %s", out)

@@ -41,6 +41,7 @@ class ExportOptions:
     min_token_agreement: float = 1.0  # fp32: greedy tokens must all be equal
     min_caption_agreement: float = 0.95  # reduced precisions: captions equal to fp32's, else not written
     eval_images: tuple[str, ...] = ()  # images for the precision agreement; default: 32 random images
+    calibration_images: tuple[str, ...] = ()  # int8-qdq activation ranges; default: 16 evaluation images
     int8_per_channel: bool = True
     int4_block_size: int = 32
 
@@ -171,7 +172,9 @@ def _check_precisions(precisions: tuple[str, ...]) -> None:
         raise ExportError(f"unknown precision(s) {', '.join(unknown)}; available: {', '.join(quantize.PRECISIONS)}")
 
 
-def _build_precision(prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str]) -> mf.GraphPair:
+def _build_precision(
+    prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str], calib_pixels: np.ndarray | None = None
+) -> mf.GraphPair:
     """Write one precision's graphs under root/<prec>/ (the int4 encoder reuses int8's when present)."""
     if prec == "fp32":
         _save_graph(graphs.build_encoder(enc, dec)[0], root / "fp32" / "encoder.onnx")
@@ -185,6 +188,11 @@ def _build_precision(prec: str, root: Path, enc, dec, options: ExportOptions, do
         quantize.quantize_int8(root / "fp32" / "encoder.onnx", root / "int8" / "encoder.onnx", options.int8_per_channel)
         quantize.quantize_int8(root / "fp32" / "decoder.onnx", root / "int8" / "decoder.onnx", options.int8_per_channel)
         enc_rel = "int8/encoder.onnx"
+    elif prec == "int8-qdq":
+        enc_feeds, dec_feeds = verify.calibration_feeds(root, calib_pixels)
+        quantize.quantize_int8_qdq(root / "fp32" / "encoder.onnx", root / prec / "encoder.onnx", enc_feeds)
+        quantize.quantize_int8_qdq(root / "fp32" / "decoder.onnx", root / prec / "decoder.onnx", dec_feeds)
+        enc_rel = f"{prec}/encoder.onnx"
     elif prec == "int4":
         quantize.quantize_int4(root / "fp32" / "decoder.onnx", root / "int4" / "decoder.onnx", options.int4_block_size)
         if "int8" in done:
@@ -217,12 +225,20 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     if gen.max_new_tokens + 1 > dec.max_positions:
         gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - 1})
     verify_pixels = verify.random_images(spec, options.verify_images)
+    if options.calibration_images:
+        from edgecap.preprocess import preprocess
+
+        calib_pixels = preprocess(list(options.calibration_images), spec)
+    else:
+        calib_pixels = None  # the evaluation images, below
     if options.eval_images:
         from edgecap.preprocess import preprocess
 
         eval_pixels = preprocess(list(options.eval_images), spec)
     else:
         eval_pixels = verify.random_images(spec, 32, seed=1)
+    if calib_pixels is None:
+        calib_pixels = eval_pixels[:16]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -277,7 +293,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         reports = {"fp32": report}
         for prec in [p for p in options.precisions if p != "fp32"]:
             log.info("building %s graphs", prec)
-            pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs))
+            pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs), calib_pixels)
             _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
             rep = verify.verify_reduced(hf_model, tmp, prec, verify_pixels, eval_pixels, gen)
             log.info("%s vs fp32: caption agreement %.1f%%, token agreement %.1f%%, max logit difference to PyTorch %.2e",

@@ -39,6 +39,7 @@ class GraphBuilder:
         self.half = half
         self.kv_dtype = "float16" if half else "float32"
         self._casts: dict[tuple[str, int], str] = {}
+        self._renames: dict[str, str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -58,7 +59,12 @@ class GraphBuilder:
         return name
 
     def output(self, value: str, name: str, dtype: str, shape: list) -> None:
-        self.op("Identity", [value], outputs=[name])
+        """Expose `value` as a graph output called `name`: renamed at build(), not copied through an
+        Identity node, each of which would cost a kernel launch per decoder step."""
+        if value in {i.name for i in self.inputs} or value in self._renames:
+            self.op("Identity", [value], outputs=[name])
+        else:
+            self._renames[value] = name
         self.outputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
         self.specs_out.append(mf.TensorSpec(name, dtype, list(shape)))
 
@@ -139,12 +145,22 @@ class GraphBuilder:
         r = self.op("Reshape", [x, self.const([0, 0, num_heads, head_dim])])
         return self.op("Transpose", [r], perm=[0, 2, 3, 1] if transpose_key else [0, 2, 1, 3])
 
+    def token_heads(self, x: str, num_heads: int, head_dim: int, key: bool = False) -> str:
+        """One token, [B, h*d] -> [B, h, 1, d] (or [B, h, d, 1] for a key): a Reshape, no copy."""
+        shape = [-1, num_heads, head_dim, 1] if key else [-1, num_heads, 1, head_dim]
+        return self.op("Reshape", [x, self.const(shape)])
+
     def merge_heads(self, x: str, hidden: int) -> str:
         """[B, h, S, d] -> [B, S, h*d]."""
         t = self.op("Transpose", [x], perm=[0, 2, 1, 3])
         return self.op("Reshape", [t, self.const([0, 0, hidden])])
 
     def build(self) -> onnx.ModelProto:
+        for node in self.nodes:
+            for field in (node.input, node.output):
+                for i, v in enumerate(field):
+                    if v in self._renames:
+                        field[i] = self._renames[v]
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgecap")
         model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10
@@ -218,21 +234,25 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
         pasts.append((pk, pv))
     crosses = []
     for i in range(len(dec.layers)):
-        ck = g.input(mf.cross_key(i), kv, ["batch", heads, head_dim, enc_seq])
-        cv = g.input(mf.cross_value(i), kv, ["batch", heads, enc_seq, head_dim])
+        # "images": one row per image (rows = images x beams), or per row when a backend expands them
+        ck = g.input(mf.cross_key(i), kv, ["images", heads, head_dim, enc_seq])
+        cv = g.input(mf.cross_value(i), kv, ["images", heads, enc_seq, head_dim])
         crosses.append((ck, cv))
 
-    # Embeddings: token + position (position rule from the family, see weights.Decoder).
-    tok = g.to_float(g.op("Gather", [g.param("token_emb", dec.token_emb), ids], axis=0))  # [B,1,E]
+    # Embeddings: token + position (position rule from the family, see weights.Decoder). One token
+    # per row, so the hidden state is 2-D [B, E] throughout: MatMul+Add become Gemm-like kernels and
+    # splitting heads is a Reshape, not a Transpose.
+    flat_ids = g.op("Reshape", [ids, g.const([-1])])  # [B]
+    tok = g.to_float(g.op("Gather", [g.param("token_emb", dec.token_emb), flat_ids], axis=0))  # [B,E]
     pos_table = g.weight("pos_table", dec.pos_table.astype(np.float32))
     if dec.position_kind == "offset":
         pos_idx = g.op("Add", [step, g.const([dec.pos_offset])]) if dec.pos_offset else step
         pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [1,E]
     elif dec.position_kind == "nonpad":
         counted = g.op("Add", [step, g.const([dec.pad_idx + 1])])  # [1]
-        is_pad = g.op("Equal", [ids, g.const(dec.pad_idx)])  # [B,1]
-        pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B,1]
-        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [B,1,E]
+        is_pad = g.op("Equal", [flat_ids, g.const(dec.pad_idx)])  # [B]
+        pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B]
+        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [B,E]
     else:
         raise ValueError(f"unknown position kind {dec.position_kind!r}")
     x = g.op("Add", [tok, pos])
@@ -245,6 +265,8 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
     valid = g.op("Less", [slots, step])
     bias = g.op("Where", [valid, g.const(0.0, np.float32), g.const(-np.inf, np.float32)])  # [T]
     split_sizes = g.op("Concat", [cache_len, g.const([1])], axis=0)
+    images = g.op("Gather", [g.op("Shape", [crosses[0][0]]), g.const([0])], axis=0)
+    cross_shape = g.op("Concat", [images, g.const([-1, heads, head_dim])], axis=0)
 
     for i, layer in enumerate(dec.layers):
         p = f"dec.{i}"
@@ -253,9 +275,9 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
         # self-attention over cache slots [0, step) plus this token (scores and softmax in fp32)
         h = g.layer_norm(x, layer.ln_self, f"{p}.ln_self") if dec.pre_norm else x
         sa = layer.self_attn
-        q = g.heads(g.linear(h, sa.q, f"{p}.self.q"), heads, head_dim)  # [B,h,1,d]
-        k_new = g.heads(g.linear(h, sa.k, f"{p}.self.k"), heads, head_dim, transpose_key=True)  # [B,h,d,1]
-        v_new = g.heads(g.linear(h, sa.v, f"{p}.self.v"), heads, head_dim)  # [B,h,1,d]
+        q = g.token_heads(g.linear(h, sa.q, f"{p}.self.q"), heads, head_dim)  # [B,h,1,d]
+        k_new = g.token_heads(g.linear(h, sa.k, f"{p}.self.k"), heads, head_dim, key=True)  # [B,h,d,1]
+        v_new = g.token_heads(g.linear(h, sa.v, f"{p}.self.v"), heads, head_dim)  # [B,h,1,d]
         g.output(k_new, mf.new_key(i), kv, ["batch", heads, head_dim, 1])
         g.output(v_new, mf.new_value(i), kv, ["batch", heads, 1, head_dim])
         s_past = g.op("Add", [g.to_float(g.op("MatMul", [q, pk])), bias])  # [B,h,1,T]
@@ -263,15 +285,21 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
         probs = g.op("Softmax", [g.op("Concat", [s_past, s_new], axis=-1)], axis=-1)
         p_past, p_new = g.op("Split", [probs, split_sizes], axis=-1, n_out=2)
         ctx = g.op("Add", [g.op("MatMul", [g.to_compute(p_past), pv]), g.op("Mul", [g.to_compute(p_new), v_new])])
-        a = g.to_float(g.linear(g.merge_heads(ctx, hidden), sa.o, f"{p}.self.o"))
+        a = g.to_float(g.linear(g.op("Reshape", [ctx, g.const([-1, hidden])]), sa.o, f"{p}.self.o"))
         x = g.op("Add", [x, a])
         if not dec.pre_norm:
             x = g.layer_norm(x, layer.ln_self, f"{p}.ln_self")
         # cross-attention on K/V the encoder graph projected once per image
         h = g.layer_norm(x, layer.ln_cross, f"{p}.ln_cross") if dec.pre_norm else x
-        cq = g.heads(g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), heads, head_dim)
-        cprobs = _softmax(g, g.op("MatMul", [cq, ck]))
-        a = g.to_float(g.linear(g.merge_heads(g.op("MatMul", [cprobs, cv]), hidden), layer.cross_attn.o, f"{p}.cross.o"))
+        # Rows are image-major (image b's beams are rows b*nb .. b*nb+nb-1) and the cross K/V may
+        # hold one row per image: a beam's queries then attend their image's K/V in one batched
+        # product (M = beams), with no per-beam copy of the cross K/V (see cross_shape above).
+        cq = g.op("Reshape", [g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), cross_shape])  # [b,nb,h,d]
+        cq = g.op("Transpose", [cq], perm=[0, 2, 1, 3])  # [b,h,nb,d]
+        cprobs = _softmax(g, g.op("MatMul", [cq, ck]))  # [b,h,nb,S]
+        cctx = g.op("Transpose", [g.op("MatMul", [cprobs, cv])], perm=[0, 2, 1, 3])  # [b,nb,h,d]
+        cctx = g.op("Reshape", [cctx, g.const([-1, hidden])])  # [rows,E]
+        a = g.to_float(g.linear(cctx, layer.cross_attn.o, f"{p}.cross.o"))
         x = g.op("Add", [x, a])
         if not dec.pre_norm:
             x = g.layer_norm(x, layer.ln_cross, f"{p}.ln_cross")
@@ -283,7 +311,6 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
             x = g.layer_norm(x, layer.ln_mlp, f"{p}.ln_mlp")
     if dec.final_ln is not None:
         x = g.layer_norm(x, dec.final_ln, "dec.ln_f")
-    last = g.op("Reshape", [x, g.const([-1, hidden])])  # [B,E]: one position per step
-    logits = g.to_float(g.linear(last, dec.lm_head, "lm_head"))
+    logits = g.to_float(g.linear(x, dec.lm_head, "lm_head"))  # [B,V]
     g.output(logits, mf.LOGITS, "float32", ["batch", dec.vocab])
     return g.build(), g.specs_in, g.specs_out

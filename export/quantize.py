@@ -4,6 +4,10 @@
   activation x activation products stay fp32). The decoder step is bound by streaming its
   weights, so int8 weights are a 4x smaller read per step.
 - int4: weight-only 4-bit blocks (MatMulNBits) for the decoder; its encoder is the int8 one.
+- int8-qdq: static quantization with calibration, written as explicit QuantizeLinear/
+  DequantizeLinear pairs (symmetric int8 weights per channel, symmetric activations): the form
+  TensorRT consumes (TensorRT 11 has no implicit INT8 calibration). It runs on ONNX Runtime's CPU
+  provider too, so its accuracy is measured here like every other precision.
 - fp16: built directly by `graphs.py` (half=True), not converted, so LayerNorm/Softmax/residuals
   stay fp32 by construction.
 """
@@ -20,7 +24,7 @@ log = logging.getLogger(__name__)
 # ONNX Runtime's quantizers log every node at INFO; their summary is ours to give.
 logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
-PRECISIONS = ("fp32", "int8", "fp16", "int4")
+PRECISIONS = ("fp32", "int8", "fp16", "int4", "int8-qdq")
 
 
 @contextlib.contextmanager
@@ -60,3 +64,32 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
         quant.process()
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(quant.model.model, str(dst))
+
+
+class FeedsReader:
+    """An ONNX Runtime CalibrationDataReader over recorded input feeds."""
+
+    def __init__(self, feeds: list[dict]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_int8_qdq(src: Path, dst: Path, feeds: list[dict]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with quiet_root_logger():
+        quantize_static(
+            str(src),
+            str(dst),
+            FeedsReader(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True},
+        )

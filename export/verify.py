@@ -111,3 +111,26 @@ def verify_reduced(
     tok, capt = agreement(greedy_tokens(cap, eval_pixels), greedy_tokens(fp32, eval_pixels))
     diff = max_logit_diff(hf_model, cap, verify_pixels, torch_greedy(hf_model, verify_pixels, gen), gen)
     return mf.Verification("fp32", len(eval_pixels), diff, tok, capt)
+
+
+def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> tuple[list[dict], list[dict]]:
+    """(encoder feeds, decoder-step feeds) recorded while the fp32 graphs caption `pixels`."""
+    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
+    enc_feeds, dec_feeds = [], []
+    decoder = cap._decoder
+    real_step = decoder.step
+
+    def recording_step(tokens, step):
+        logits = real_step(tokens, step)  # sets decoder._feeds for this step, then runs it
+        dec_feeds.append({k: np.array(v, copy=True) for k, v in decoder._feeds.items()})
+        return logits
+
+    decoder.step = recording_step
+    try:
+        for i in range(0, len(pixels), batch):
+            chunk = np.ascontiguousarray(pixels[i : i + batch])
+            enc_feeds.append({mf.PIXEL_VALUES: chunk})
+            cap.decode(cap.encode(chunk), GenerationOptions(num_beams=1))
+    finally:
+        decoder.step = real_step
+    return enc_feeds, dec_feeds

@@ -13,7 +13,7 @@ from edgecap.bundle import load_bundle
 from edgecap_export import exporter
 from edgecap_export.exporter import ExportOptions, export
 
-ALL = ("fp32", "int8", "fp16", "int4")
+ALL = ("fp32", "int8", "fp16", "int4", "int8-qdq")
 
 
 @pytest.mark.parametrize("encoder,decoder", tiny.PAIRS)
@@ -38,7 +38,7 @@ def test_every_precision_exports_and_loads(tmp_path, sample_images, encoder, dec
 
 def test_unknown_precision_is_refused(tmp_path):
     ckpt = tiny.build(tmp_path / "ckpt")
-    with pytest.raises(exporter.ExportError, match="unknown precision.*int3.*available: fp32, int8, fp16, int4"):
+    with pytest.raises(exporter.ExportError, match="unknown precision.*int3.*available: fp32, int8, fp16, int4, int8-qdq"):
         export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32", "int3")))
 
 
@@ -46,8 +46,8 @@ def test_corrupted_precision_is_measured_and_refused(tmp_path, monkeypatch, capl
     """Break one weight of the fp16 decoder: agreement must drop and export must not write fp16."""
     real = exporter._build_precision
 
-    def corrupting(prec, root, enc, dec, options, done):
-        pair = real(prec, root, enc, dec, options, done)
+    def corrupting(prec, root, enc, dec, options, done, *rest):
+        pair = real(prec, root, enc, dec, options, done, *rest)
         if prec == "fp16":
             path = root / "fp16" / "decoder.onnx"
             model = onnx.load(str(path))

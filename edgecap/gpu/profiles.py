@@ -16,6 +16,9 @@ from .. import manifest as mf
 from ..errors import BundleError
 
 BATCH, CACHE_LEN = "batch", "cache_len"
+# The decoder's cross K/V inputs: one row per image on the CPU path (beams share it in-graph); the
+# GPU backends expand them to one per decoder row on the device, so their range is the rows' range.
+IMAGES = "images"
 DEFAULT_MAX_BATCH = 8  # Captioner.caption's default batch_size
 MIN_MAX_BEAMS = 4
 MIN_MAX_NEW_TOKENS = 64
@@ -98,6 +101,7 @@ def graph_profile(graph: mf.GraphSpec, role: str, limits: ProfileLimits) -> Prof
     elif role == "decoder":
         ranges = {
             BATCH: (1, limits.opt_rows, limits.max_rows),
+            IMAGES: (1, limits.opt_rows, limits.max_rows),
             CACHE_LEN: (1, limits.opt_new_tokens, limits.max_new_tokens),
         }
     else:

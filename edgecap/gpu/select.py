@@ -20,7 +20,7 @@ from .engines import RuntimeEnv, find_engine_dir, read_meta, staleness
 
 log = logging.getLogger(__name__)
 
-ENGINE_PRECISIONS = ("fp16", "fp32")  # what `edgecap build-engine` builds, fastest first
+ENGINE_PRECISIONS = ("int8-qdq", "fp16", "fp32")  # what `edgecap build-engine` builds, fastest first
 ORT_GPU_PRECISIONS = ("fp16", "fp32", "int4", "int8")
 
 

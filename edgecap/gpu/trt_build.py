@@ -6,9 +6,9 @@ it. That is opt-in on TensorRT 10 (JetPack 6's 10.3 included) and the only mode 
 removed the FP16/INT8 builder flags: one code path for both.
 
 int8: TensorRT builds int8 from explicit Q/DQ graphs (QuantizeLinear/DequantizeLinear with calibrated
-scales). The bundle's int8 graphs are ONNX Runtime dynamic quantization (DynamicQuantizeLinear +
-MatMulInteger) for CPUs, and the exporter does not write Q/DQ graphs yet, so int8 is refused here.
-int4 graphs use ONNX Runtime's MatMulNBits contrib op, which TensorRT's ONNX parser does not know.
+scales): the bundle's `int8-qdq` graphs (`edgecap export --precision ...,int8-qdq`). The plain `int8`
+graphs are ONNX Runtime dynamic quantization for CPUs, which TensorRT cannot build; `--precision int8`
+therefore means the int8-qdq graphs.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ from .trt_common import load_trt_cuda, network_flags, runtime_env, trt_logger
 
 log = logging.getLogger(__name__)
 
-BUILDABLE = ("fp16", "fp32")
+BUILDABLE = ("fp16", "fp32", "int8-qdq")
 TIMING_CACHE = "timing.cache"
+NO_QDQ = (
+    "TensorRT needs int8 as explicit Q/DQ graphs with calibrated scales; this bundle has none (its int8 graphs are "
+    "ONNX Runtime dynamic quantization for CPUs): re-export with `edgecap export MODEL OUT --precision fp32,int8-qdq "
+    "[--calibration DIR]`, or build fp16 engines"
+)
 REFUSED = {
-    "int8": "TensorRT needs int8 as explicit Q/DQ graphs with calibrated scales; this bundle's int8 graphs are "
-    "ONNX Runtime dynamic quantization (DynamicQuantizeLinear/MatMulInteger) for CPUs and the exporter does not "
-    "write Q/DQ graphs yet: build fp16 (or fp32) engines instead",
     "int4": "int4 graphs use ONNX Runtime's MatMulNBits op, which TensorRT cannot parse: build fp16 (or fp32) engines instead",
 }
 
@@ -47,6 +49,15 @@ class BuildOptions:
     workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
     tf32: bool = False  # fp32 engines: allow TF32 MatMuls (faster on Ampere+, not bit-comparable to CPU fp32)
     out_dir: Path | None = None
+
+
+def engine_precision(bundle: Bundle, precision: str) -> str:
+    """`int8` asks for the bundle's Q/DQ graphs (`int8-qdq`); the other names are graph precisions."""
+    if precision == "int8":
+        if "int8-qdq" not in bundle.manifest.graphs:
+            raise EdgecapError(f"--precision int8: {NO_QDQ}")
+        return "int8-qdq"
+    return precision
 
 
 def check_buildable(bundle: Bundle, precision: str) -> None:
@@ -156,7 +167,10 @@ def add_build_engine_parser(sub: argparse._SubParsersAction) -> None:
         "go to BUNDLE/engines/PRECISION/ (or a user cache directory when the bundle is read-only).",
     )
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory from `edgecap export`")
-    p.add_argument("--precision", choices=("fp16", "fp32", "int8"), help="graphs to build (default: fp16 if the bundle has it, else fp32)")
+    p.add_argument(
+        "--precision", choices=("fp16", "fp32", "int8", "int8-qdq"),
+        help="graphs to build; int8 = the bundle's int8-qdq graphs (default: fp16 if the bundle has it, else fp32)",
+    )
     p.add_argument("--max-batch", type=int, metavar="N", help="most images per encoder call (default: 8)")
     p.add_argument("--max-beams", type=int, metavar="N", help="widest beam search (default: max(4, the bundle's num_beams))")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="longest caption (default: max(the bundle's default, 64))")
@@ -169,8 +183,10 @@ def add_build_engine_parser(sub: argparse._SubParsersAction) -> None:
 def run_build_engine(args: argparse.Namespace) -> int:
     if args.precision in REFUSED:  # before anything else: no bundle or TensorRT changes this answer
         raise EdgecapError(f"--precision {args.precision}: {REFUSED[args.precision]}")
-    bundle = load_bundle(args.bundle, precision=args.precision, verify_checksums=True)
-    precision = args.precision or ("fp16" if "fp16" in bundle.manifest.graphs else "fp32")
+    bundle = load_bundle(args.bundle, verify_checksums=False)
+    precision = engine_precision(bundle, args.precision) if args.precision else None
+    bundle = load_bundle(args.bundle, precision=precision, verify_checksums=True)
+    precision = precision or ("fp16" if "fp16" in bundle.manifest.graphs else "fp32")
     check_buildable(bundle, precision)
     for flag in ("max_batch", "max_beams", "max_new_tokens", "workspace"):
         value = getattr(args, flag)
