@@ -113,6 +113,21 @@ class GraphBuilder:
             y = self.op("Add", [y, self.param(f"{prefix}.bias", lin.b)])
         return y
 
+    def linears(self, x: str, lins: list[Linear], prefix: str) -> list[str]:
+        """Several projections of the same input as one MatMul, then a Split: one larger product
+        streams the input once and costs one kernel launch instead of len(lins) (q/k/v; every
+        decoder layer's cross K and V at once)."""
+        if len(lins) == 1:
+            return [self.linear(x, lins[0], prefix)]
+        w = np.concatenate([lin.w for lin in lins], axis=1)
+        if any(lin.b is not None for lin in lins):
+            b = np.concatenate([lin.b if lin.b is not None else np.zeros(lin.w.shape[1], np.float32) for lin in lins])
+        else:
+            b = None
+        y = self.linear(x, Linear(w, b), prefix)
+        sizes = self.const([lin.w.shape[1] for lin in lins])
+        return list(self.op("Split", [y, sizes], axis=-1, n_out=len(lins)))
+
     def layer_norm(self, x: str, ln: LayerNorm, prefix: str) -> str:
         return self.op(
             "LayerNormalization",
@@ -125,7 +140,8 @@ class GraphBuilder:
         """Activations run in fp32 (tanh-GELU's x**3 overflows fp16 beyond |x| ~ 40)."""
         x = self.to_float(x)
         if name == "gelu":  # exact, erf-based
-            e = self.op("Erf", [self.op("Mul", [x, self.const(1 / math.sqrt(2), np.float32)])])
+            # x / sqrt(2) as a Div: the form ONNX Runtime's GeluFusion recognises (Gelu / BiasGelu)
+            e = self.op("Erf", [self.op("Div", [x, self.const(math.sqrt(2), np.float32)])])
             return self.op("Mul", [self.op("Mul", [x, self.const(0.5, np.float32)]), self.op("Add", [e, self.const(1.0, np.float32)])])
         if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
             x3 = self.op("Mul", [self.op("Mul", [x, x]), x])
@@ -174,9 +190,10 @@ def _softmax(g: GraphBuilder, scores: str) -> str:
 
 def _self_mha_full(g: GraphBuilder, x: str, att: Attention, heads: int, head_dim: int, hidden: int, p: str) -> str:
     """Unmasked self-attention over a whole sequence (the encoder); returns fp32."""
-    q = g.heads(g.linear(x, att.q, f"{p}.q"), heads, head_dim)
-    k = g.heads(g.linear(x, att.k, f"{p}.k"), heads, head_dim, transpose_key=True)
-    v = g.heads(g.linear(x, att.v, f"{p}.v"), heads, head_dim)
+    q, k, v = g.linears(x, [att.q, att.k, att.v], f"{p}.qkv")
+    q = g.heads(q, heads, head_dim)
+    k = g.heads(k, heads, head_dim, transpose_key=True)
+    v = g.heads(v, heads, head_dim)
     probs = _softmax(g, g.op("MatMul", [q, k]))
     return g.to_float(g.linear(g.merge_heads(g.op("MatMul", [probs, v]), hidden), att.o, f"{p}.o"))
 
@@ -211,10 +228,10 @@ def build_encoder(enc: Encoder, dec: Decoder, half: bool = False) -> tuple[onnx.
     if enc.to_decoder is not None:
         x = g.to_float(g.linear(x, enc.to_decoder, "enc_to_dec"))
     seq = enc.seq_len
+    kvs = g.linears(x, [m for layer in dec.layers for m in (layer.cross_attn.k, layer.cross_attn.v)], "dec.cross.kv")
     for i, layer in enumerate(dec.layers):
-        ca = layer.cross_attn
-        k = g.heads(g.linear(x, ca.k, f"dec.{i}.cross.k"), dec.num_heads, dec.head_dim, transpose_key=True)
-        v = g.heads(g.linear(x, ca.v, f"dec.{i}.cross.v"), dec.num_heads, dec.head_dim)
+        k = g.heads(kvs[2 * i], dec.num_heads, dec.head_dim, transpose_key=True)
+        v = g.heads(kvs[2 * i + 1], dec.num_heads, dec.head_dim)
         g.output(k, mf.cross_key(i), g.kv_dtype, ["batch", dec.num_heads, dec.head_dim, seq])
         g.output(v, mf.cross_value(i), g.kv_dtype, ["batch", dec.num_heads, seq, dec.head_dim])
     return g.build(), g.specs_in, g.specs_out
@@ -275,9 +292,10 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
         # self-attention over cache slots [0, step) plus this token (scores and softmax in fp32)
         h = g.layer_norm(x, layer.ln_self, f"{p}.ln_self") if dec.pre_norm else x
         sa = layer.self_attn
-        q = g.token_heads(g.linear(h, sa.q, f"{p}.self.q"), heads, head_dim)  # [B,h,1,d]
-        k_new = g.token_heads(g.linear(h, sa.k, f"{p}.self.k"), heads, head_dim, key=True)  # [B,h,d,1]
-        v_new = g.token_heads(g.linear(h, sa.v, f"{p}.self.v"), heads, head_dim)  # [B,h,1,d]
+        q, k_new, v_new = g.linears(h, [sa.q, sa.k, sa.v], f"{p}.self.qkv")
+        q = g.token_heads(q, heads, head_dim)  # [B,h,1,d]
+        k_new = g.token_heads(k_new, heads, head_dim, key=True)  # [B,h,d,1]
+        v_new = g.token_heads(v_new, heads, head_dim)  # [B,h,1,d]
         g.output(k_new, mf.new_key(i), kv, ["batch", heads, head_dim, 1])
         g.output(v_new, mf.new_value(i), kv, ["batch", heads, 1, head_dim])
         s_past = g.op("Add", [g.to_float(g.op("MatMul", [q, pk])), bias])  # [B,h,1,T]
