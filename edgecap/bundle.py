@@ -89,6 +89,8 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None, verify_ch
         chosen = manifest.graphs.items() if precision is None else [(precision, manifest.graphs[precision])]
         for _, pair in chosen:
             to_check += [pair.encoder.file, pair.decoder.file]
+        # a graph's external weights ("<graph>.onnx.data") are as much the graph as the graph file
+        to_check += [rel for rel in manifest.files if any(rel.startswith(g + ".") for g in to_check)]
         for rel in to_check:
             full = bundle.file(rel)
             if sha256_file(full) != manifest.files[rel]:

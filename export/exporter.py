@@ -144,8 +144,7 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
 
 
 def _save_graph(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(path))
+    quantize.save_graph(model, path)
 
 
 def _graph_spec(root: Path, rel: str) -> mf.GraphSpec:

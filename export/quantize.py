@@ -26,6 +26,28 @@ logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
 PRECISIONS = ("fp32", "int8", "fp16", "int4", "int8-qdq")
 
+# Protobuf cannot serialise a message over 2 GiB: graphs whose weights come near it keep them in a
+# file beside the graph ("<graph>.onnx.data", listed and checksummed in the manifest like any file).
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def needs_external_data(size_bytes: int) -> bool:
+    return size_bytes > EXTERNAL_DATA_BYTES
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if needs_external_data(model.ByteSize()):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _graph_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
 
 @contextlib.contextmanager
 def quiet_root_logger():
@@ -51,6 +73,7 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
             extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=needs_external_data(_graph_bytes(src)),
         )
 
 
@@ -63,7 +86,7 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
     with quiet_root_logger():
         quant.process()
     dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(quant.model.model, str(dst))
+    save_graph(quant.model.model, dst)
 
 
 class FeedsReader:
@@ -92,4 +115,5 @@ def quantize_int8_qdq(src: Path, dst: Path, feeds: list[dict]) -> None:
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True},
+            use_external_data_format=needs_external_data(_graph_bytes(src)),
         )

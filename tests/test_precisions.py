@@ -71,3 +71,26 @@ def test_corrupted_precision_is_measured_and_refused(tmp_path, monkeypatch, capl
     assert any("fp16 not written" in r.getMessage() for r in caplog.records)
     with pytest.raises(BundleError, match="no 'fp16' graphs in this bundle; it has: fp32"):
         Captioner(bad, precision="fp16")
+
+
+def test_large_graphs_keep_weights_in_external_data(tmp_path, monkeypatch, sample_images):
+    """Graphs near protobuf's 2 GiB limit store weights beside them; the bundle lists and checks them."""
+    from edgecap_export import quantize
+
+    monkeypatch.setattr(quantize, "EXTERNAL_DATA_BYTES", 10_000)  # make the tiny model "large"
+    ckpt = tiny.build(tmp_path / "ckpt")
+    bundle = export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32", "int8"), min_caption_agreement=0.0))
+    files = load_bundle(bundle).manifest.files
+    assert "fp32/decoder.onnx.data" in files and "int8/decoder.onnx.data" in files
+    small = tmp_path / "small"
+    export(str(ckpt), small, ExportOptions(precisions=("fp32",)))
+    monkeypatch.undo()
+    ref = Captioner(small, precision="fp32").caption(sample_images)
+    assert [c.token_ids for c in Captioner(bundle, precision="fp32").caption(sample_images)] == [c.token_ids for c in ref]
+    # the weights file is checksummed like every other file
+    data = bundle / "fp32" / "decoder.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 1
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="decoder.onnx.data: checksum mismatch"):
+        load_bundle(bundle)
