@@ -79,3 +79,11 @@ def test_train_end_to_end(tmp_path, train):
     assert ids.shape[0] == 2 and ids[0, 0].item() == 1
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+    # the recipe's output is exactly what `edgecap export` consumes
+    from edgecap import Captioner
+    from edgecap_export.exporter import ExportOptions, export
+
+    bundle = export(str(out), tmp_path / "bundle", ExportOptions(precisions=("fp32",)))
+    caps = Captioner(bundle, precision="fp32").caption(images)
+    assert len(caps) == 2 and all(isinstance(c.text, str) for c in caps)
