@@ -46,6 +46,8 @@ class Row:
     floor_decoder_step_ms: float | None = None
     load_s: float | None = None
     peak_rss_mb: float | None = None
+    preprocess_ms: float | None = None  # per call of `batch` 640x480 frames; not in the latencies
+    bundle_mb: float | None = None  # files this precision loads (graphs, their data, tokenizer)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -194,10 +196,18 @@ def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pi
     encoded = cap.encode(pixels)
     dec_times = time_calls(lambda: cap.decode(encoded, opts), args.warmup, args.repeat)
     total = time_calls(lambda: cap.decode(cap.encode(pixels), opts), 0, args.repeat)
+    # preprocessing, reported apart (the latency columns start from pixels for every engine):
+    # camera-sized 640x480 frames through the bundle's image processor
+    frames = [np.random.default_rng(i).integers(0, 256, (480, 640, 3), dtype=np.uint8) for i in range(batch)]
+    pre_times = time_calls(lambda: cap.preprocess(frames), 1, args.repeat)
+    pair = cap.bundle.graphs(cap.precision)
+    graph_files = {pair.encoder.file, pair.decoder.file}
+    size = sum(cap.bundle.file(rel).stat().st_size for rel in cap.bundle.manifest.files
+               if rel == cap.bundle.manifest.tokenizer.file or any(rel == g or rel.startswith(g + ".") for g in graph_files))
     return _row("edgecap", cap.backend, cap.precision, batch, beams, args.new_tokens, total,
                 encoder_ms=statistics.median(enc_times), decoder_step_ms=statistics.median(dec_times) / args.new_tokens,
                 floor_encoder_ms=floor["encoder_ms"], floor_decoder_step_ms=floor["decoder_step_ms"],
-                load_s=cap.load_seconds)
+                load_s=cap.load_seconds, preprocess_ms=statistics.median(pre_times), bundle_mb=size / 1e6)
 
 
 def _row(engine, backend, precision, batch, beams, new_tokens, times, **extra) -> Row:

@@ -44,6 +44,9 @@ def test_bench_model_compare_pytorch(tmp_path):
             assert isinstance(r[key], tp), key
         assert r["latency_ms_p90"] >= r["latency_ms_p50"] > 0 and r["peak_rss_mb"] > 10
         assert r["tokens_per_s"] == pytest.approx(r["images_per_s"] * 5, rel=1e-6)
+        if r["engine"] == "edgecap":
+            assert r["preprocess_ms"] > 0 and r["bundle_mb"] > 0 and r["load_s"] > 0
+            assert r["decoder_step_ms"] > 0 and r["floor_decoder_step_ms"] > 0 and r["encoder_ms"] > 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
