@@ -69,29 +69,38 @@ def time_calls(fn: Callable[[], object], warmup: int, repeat: int) -> list[float
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
 
 
-def measure_floors(threads: int | None) -> dict:
+def measure_floors(threads: int | None, backend: str = "cpu") -> dict:
     """What this machine's ONNX Runtime MatMul reaches, the two numbers a floor rests on.
 
     read_gb_per_s: a 1-row product against a 256 MB fp32 matrix: the weight-streaming rate a
     decoder step is bound by. matmul_gflop_per_s: a 1024^3 fp32 product: the encoder's rate.
-    Both run the shipped probe graph (edgecap/data/probe_matmul.onnx) at the bench's thread count.
+    Both run the shipped probe graph (edgecap/data/probe_matmul.onnx) at the bench's thread count;
+    for GPU backends on the CUDA provider with device-resident inputs (the GPU's memory bandwidth).
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(Path(__file__).parent / "data" / "probe_matmul.onnx"), so,
-                                providers=["CPUExecutionProvider"])
+    on_gpu = backend != "cpu"
+    providers = ["CUDAExecutionProvider"] if on_gpu else ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(Path(__file__).parent / "data" / "probe_matmul.onnx"), so, providers=providers)
     rng = np.random.default_rng(0)
 
     def rate(m: int, k: int, n: int, reps: int) -> float:
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
-        sess.run(None, {"a": a, "b": b})
+        binding = sess.io_binding()
+        device = "cuda" if on_gpu else "cpu"
+        binding.bind_ortvalue_input("a", ort.OrtValue.ortvalue_from_numpy(a, device, 0))
+        binding.bind_ortvalue_input("b", ort.OrtValue.ortvalue_from_numpy(b, device, 0))
+        binding.bind_output("c", device)
+        sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
         t0 = time.perf_counter()
         for _ in range(reps):
-            sess.run(None, {"a": a, "b": b})
+            sess.run_with_iobinding(binding)
+        binding.synchronize_outputs()
         return (time.perf_counter() - t0) / reps
 
     gemv = rate(1, 8192, 8192, 10)  # 256 MB of "weights"
@@ -244,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="a Hugging Face checkpoint directory: exported first (cached in --workdir)")
     src.add_argument("--synthetic", choices=["vit-gpt2-base"], help="random weights with a real model's geometry")
     p.add_argument("--precision", default="fp32", help="comma-separated precisions (default: fp32)")
-    p.add_argument("--backend", default="cpu", help="edgecap backend (default: cpu)")
+    p.add_argument("--backend", default="cpu",
+                   help="comma-separated edgecap backends: cpu, cuda, ort-tensorrt, tensorrt (default: cpu)")
     p.add_argument("--batch-sizes", default="1", type=_ints, help="comma-separated (default: 1)")
     p.add_argument("--beams", default="1,4", type=_ints, help="comma-separated beam widths (default: 1,4)")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per image, eos ignored (default: 16)")
@@ -277,8 +287,9 @@ def peak_rss_mb() -> float:
 
 
 def engine_specs(args) -> list[str]:
-    """Each (engine, precision) runs in its own process, so its peak RSS is its own."""
-    specs = [f"edgecap:{p}" for p in args.precision.split(",") if p]
+    """Each (engine, precision[, backend]) runs in its own process, so its peak RSS is its own."""
+    backends = [b for b in args.backend.split(",") if b]
+    specs = [f"edgecap:{p}" + ("" if b == "cpu" else f"@{b}") for b in backends for p in args.precision.split(",") if p]
     for name in [c for c in args.compare.split(",") if c]:
         specs.append(f"{name}:fp32")
         if name == "optimum" and "int8" in args.precision.split(","):
@@ -292,6 +303,13 @@ def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) ->
     from .preprocess import PreprocessSpec
 
     engine, precision = spec.split(":")
+    precision, _, backend = precision.partition("@")
+    args.backend = backend or "cpu"
+    if args.backend != "cpu":  # the floor of a GPU backend is the GPU's, measured where it runs
+        try:
+            floors = measure_floors(args.threads, args.backend)
+        except Exception as exc:  # no onnxruntime-gpu: the backend itself will say what is missing
+            log.warning("GPU floor probe failed (%s); floors are the CPU's", exc)
     manifest = load_bundle(bundle, verify_checksums=False).manifest
     h, w = PreprocessSpec.from_dict(manifest.preprocess).output_hw
     peer = None

@@ -59,3 +59,25 @@ def test_bench_missing_peer_is_a_note_not_a_crash(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "unknown peer nosuchpeer" in res.stderr
+
+
+def test_bench_gpu_backend_without_gpu_is_a_note(tmp_path):
+    ckpt = tiny.build(tmp_path / "ckpt")
+    out = tmp_path / "b.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "edgecap.bench", "--model", str(ckpt), "--backend", "cpu,cuda", "--beams", "1",
+         "--new-tokens", "3", "--warmup", "0", "--repeat", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    try:
+        import onnxruntime
+
+        has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        has_cuda = False
+    assert res.returncode == 0, res.stderr
+    backends = {r["backend"] for r in json.loads(out.read_text())["rows"]}
+    if has_cuda:
+        assert backends == {"cpu", "cuda"}
+    else:
+        assert backends == {"cpu"} and "onnxruntime-gpu" in res.stderr
