@@ -45,6 +45,9 @@ def default_bundle_dir() -> Path | None:
 class Captioner:
     """Loads a bundle once and captions images with it.
 
+    One Captioner holds one decoder cache: use it from one thread at a time (one per thread, or a
+    lock). The ONNX Runtime sessions themselves are thread-safe.
+
     Args:
         bundle_dir: bundle directory (from `edgecap export`); None = the bundled demo model.
         precision: which graphs to run ("fp32", "int8", ...); None = the best this bundle has for the backend.
