@@ -41,7 +41,17 @@ class Hypothesis:
 def log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
+
+
+def _argmax_logprob(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax, its log-probability) per row, without materialising the whole log-softmax: at the
+    argmax the shifted score is 0, so its log-prob is -log(sum(exp(x - max))) (same float ops)."""
+    best = scores.argmax(axis=-1)
+    shifted = scores - scores[np.arange(len(best)), best][:, None]
+    np.exp(shifted, out=shifted)
+    return best, -np.log(shifted.sum(axis=-1))
 
 
 def _banned_ngram_tokens(seq: np.ndarray, n: int) -> list[int]:
@@ -81,10 +91,9 @@ def greedy(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hyp
     scores = np.zeros(batch, dtype=np.float32)
     unfinished = np.ones(batch, dtype=bool)
     for t in range(opts.max_new_tokens):
-        logits = model.step(seqs[:, t], t)
-        processed = process_scores(logits.astype(np.float32, copy=True), seqs[:, : t + 1], opts)
-        nxt = processed.argmax(axis=-1)
-        logp = log_softmax(processed)[np.arange(batch), nxt]
+        logits = model.step(seqs[:, t], t)  # the decoder's own copy: processed in place
+        processed = process_scores(logits.astype(np.float32, copy=False), seqs[:, : t + 1], opts)
+        nxt, logp = _argmax_logprob(processed)
         nxt = np.where(unfinished, nxt, pad)
         seqs[:, t + 1] = nxt
         scores += np.where(unfinished, logp, 0).astype(np.float32)
