@@ -77,6 +77,13 @@ def process_scores(scores: np.ndarray, seqs: np.ndarray, opts: ResolvedOptions) 
                 scores[r, banned] = -np.inf
     if new_tokens < opts.min_new_tokens and opts.eos_token_ids:
         scores[:, list(opts.eos_token_ids)] = -np.inf
+    # forced tokens come last in transformers' processor list and overwrite every score
+    if opts.forced_bos_token_id is not None and new_tokens == 0:
+        scores[:] = -np.inf
+        scores[:, opts.forced_bos_token_id] = 0.0
+    if opts.forced_eos_token_ids and new_tokens == opts.max_new_tokens - 1:
+        scores[:] = -np.inf
+        scores[:, list(opts.forced_eos_token_ids)] = 0.0
     return scores
 
 

@@ -129,6 +129,8 @@ class Generation:
     early_stopping: bool | str  # True, False or "never", as in transformers
     no_repeat_ngram_size: int
     num_return_sequences: int
+    forced_bos_token_id: int | None = None  # forced as the first generated token (mBART-style)
+    forced_eos_token_ids: list[int] = field(default_factory=list)  # forced as the last one at max length
 
 
 @dataclass(frozen=True)

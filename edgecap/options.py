@@ -41,6 +41,8 @@ class GenerationOptions:
             decoder_start_token_id=defaults.decoder_start_token_id,
             eos_token_ids=tuple(defaults.eos_token_ids),
             pad_token_id=defaults.pad_token_id,
+            forced_bos_token_id=defaults.forced_bos_token_id,
+            forced_eos_token_ids=tuple(defaults.forced_eos_token_ids),
         )
         opts.check()
         return opts
@@ -58,6 +60,8 @@ class ResolvedOptions:
     decoder_start_token_id: int
     eos_token_ids: tuple[int, ...]
     pad_token_id: int | None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_ids: tuple[int, ...] = ()
 
     def check(self) -> None:
         if self.num_beams < 1:

@@ -124,7 +124,7 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
     pad = first(gen.pad_token_id, cfg.pad_token_id, cfg.decoder.pad_token_id)
     max_new = gen.max_new_tokens if gen.max_new_tokens is not None else (gen.max_length or 20) - 1
     min_new = max(gen.min_new_tokens or 0, (gen.min_length or 0) - 1, 0)
-    ignored = [k for k in ("forced_bos_token_id", "forced_eos_token_id", "repetition_penalty", "suppress_tokens",
+    ignored = [k for k in ("repetition_penalty", "suppress_tokens",
                            "begin_suppress_tokens", "bad_words_ids") if getattr(gen, k, None) not in (None, 1.0, [])]
     if ignored:
         log.warning("generation config sets %s, which edgecap does not reproduce", ", ".join(ignored))
@@ -140,7 +140,15 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
         early_stopping=gen.early_stopping if gen.early_stopping in (True, False, "never") else False,
         no_repeat_ngram_size=int(gen.no_repeat_ngram_size or 0),
         num_return_sequences=int(gen.num_return_sequences or 1),
+        forced_bos_token_id=None if gen.forced_bos_token_id is None else int(gen.forced_bos_token_id),
+        forced_eos_token_ids=_id_list(gen.forced_eos_token_id),
     )
+
+
+def _id_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
 
 
 def _save_graph(model: onnx.ModelProto, path: Path) -> None:

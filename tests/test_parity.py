@@ -140,3 +140,23 @@ def test_encoder_decoder_width_projection(export_tiny, sample_images):
     ckpt, bundle = export_tiny("deit", "gpt2", enc_hidden=32, dec_hidden=64)
     check_parity(ckpt, bundle, sample_images, num_beams=1)
     check_parity(ckpt, bundle, sample_images, num_beams=3)
+
+
+@pytest.mark.parametrize("decoder", ["gpt2", "trocr"])
+def test_forced_bos_and_eos(export_tiny, sample_images, tmp_path, decoder):
+    """forced_bos_token_id / forced_eos_token_id from the generation config (BART-style models)."""
+    ckpt, _ = export_tiny("vit", decoder)
+    ckpt2 = tmp_path / "ckpt"
+    shutil.copytree(ckpt, ckpt2)
+    gen_cfg = json.loads((ckpt2 / "generation_config.json").read_text())
+    # one forced eos id: with several, they tie at score 0 and torch.topk's order among ties is
+    # unspecified, so beam search parity would hinge on an implementation detail
+    gen_cfg.update(forced_bos_token_id=17, forced_eos_token_id=5, max_new_tokens=7)
+    (ckpt2 / "generation_config.json").write_text(json.dumps(gen_cfg))
+    from edgecap_export.exporter import ExportOptions, export
+
+    bundle = export(str(ckpt2), tmp_path / "bundle", ExportOptions(precisions=("fp32",)))
+    for gen in (dict(num_beams=1), dict(num_beams=3), dict(num_beams=4, length_penalty=0.7)):
+        caps = check_parity(ckpt2, bundle, sample_images, **gen)
+        assert all(c.token_ids[0] == 17 for c in caps)
+        assert all(len(c.token_ids) < 7 or c.token_ids[-1] == 5 for c in caps)
