@@ -165,7 +165,7 @@ def prepare(args) -> tuple[Path, str | None]:
         # Speed only: the quality gate is off here (random weights have no meaningful captions);
         # `edgecap export` measures and gates quality.
         log.info("exporting %s to %s (%s)", ckpt, bundle, ", ".join(precisions))
-        export(str(ckpt), bundle, ExportOptions(precisions=precisions, min_caption_agreement=0.0))
+        export(str(ckpt), bundle, ExportOptions(precisions=precisions, min_agreement=0.0))
     return bundle, str(ckpt)
 
 

@@ -104,11 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
         "for TensorRT) (default: fp32,int8)",
     )
     exp.add_argument(
-        "--min-agreement", type=float, default=0.95, metavar="X",
-        help="a reduced precision whose greedy captions equal fp32's on less than this fraction of the "
-        "evaluation images is not written (default: 0.95)",
+        "--min-agreement", type=float, default=0.97, metavar="X",
+        help="quality gate of the reduced precisions: fed fp32's own greedy captions of the evaluation images, "
+        "a precision whose top token agrees with fp32's on less than this fraction of the decisive steps "
+        "(fp32's top token at least e times as likely as its runner-up) is not written (default: 0.97; 0 = no gate)",
     )
-    exp.add_argument("--eval-images", metavar="DIR", help="images for that agreement (default: 32 random images)")
+    exp.add_argument(
+        "--eval-images", metavar="DIR",
+        help="your images for that gate: the way to a figure you can trust (default: 32 synthetic images "
+        "of shapes and text, which say more than noise but are not your data)",
+    )
+    exp.add_argument(
+        "--allow-partial", action="store_true",
+        help="exit 0 even when a precision fails the gate (it is left out of the bundle either way; "
+        "without this flag export exits 1 so that a script notices)",
+    )
     exp.add_argument(
         "--calibration", metavar="DIR",
         help="images whose activation ranges calibrate int8-qdq (default: 16 of the evaluation images)",
@@ -174,7 +184,7 @@ def _caption(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     try:
-        from edgecap_export.exporter import ExportOptions, export
+        from edgecap_export.exporter import ExportOptions, PartialExportError, export
     except ImportError as exc:
         raise EdgecapError(
             f"`edgecap export` needs the exporter's dependencies ({exc.name or exc} is missing): "
@@ -191,17 +201,19 @@ def _export(args: argparse.Namespace) -> int:
     eval_images = image_dir(args.eval_images, "evaluate precisions on")
     calibration_images = image_dir(args.calibration, "calibrate int8-qdq with")
     precisions = tuple(dict.fromkeys(["fp32"] + [p.strip() for p in args.precision.split(",") if p.strip()]))
-    out = export(
-        args.model,
-        args.outdir,
-        ExportOptions(
-            precisions=precisions,
-            verify_images=args.verify_images,
-            min_caption_agreement=args.min_agreement,
-            eval_images=eval_images,
-            calibration_images=calibration_images,
-        ),
+    options = ExportOptions(
+        precisions=precisions,
+        verify_images=args.verify_images,
+        min_agreement=args.min_agreement,
+        allow_partial=args.allow_partial,
+        eval_images=eval_images,
+        calibration_images=calibration_images,
     )
+    try:
+        out = export(args.model, args.outdir, options)
+    except PartialExportError as exc:
+        _say(f"error: {exc}")
+        return EXIT_INPUT_FAILED
     log.debug("export finished: %s", out)
     return EXIT_OK
 

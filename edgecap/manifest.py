@@ -144,9 +144,16 @@ class TokenizerSpec:
 class Verification:
     """What export measured of one precision.
 
-    max_logit_diff is against PyTorch, teacher-forced along PyTorch's greedy tokens; the agreement
-    rates compare greedy captions with `reference` ("pytorch" for fp32, "fp32" graphs for the
+    max_logit_diff is against PyTorch, teacher-forced along PyTorch's greedy tokens. The agreement
+    rates compare greedy captions with `reference` ("pytorch" for fp32, the "fp32" graphs for the
     reduced precisions) on `images` evaluation images.
+
+    Reduced precisions are also measured teacher-forced, along the fp32 graphs' own greedy tokens,
+    so that one early flip does not derail the rest of a caption: at each step the fp32 and reduced
+    next-token distributions are compared. `decisive_agreement` is the fraction of *decisive* steps
+    (fp32's top-1 log-probability beats its top-2 by at least `decisive_margin` nats) where both
+    pick the same top token; near-ties are excluded because which way they fall is noise, not
+    quantization error. `mean_kl` is KL(fp32 || reduced) in nats, averaged over every step.
     """
 
     reference: str
@@ -154,6 +161,12 @@ class Verification:
     max_logit_diff: float
     token_agreement: float  # fraction of generated token positions equal to the reference
     caption_agreement: float  # fraction of whole captions equal
+    decisive_agreement: float | None = None
+    decisive_steps: int | None = None
+    steps: int | None = None
+    mean_kl: float | None = None
+    decisive_margin: float | None = None
+    eval_images: str | None = None  # "user" (--eval-images) or "synthetic" (export's default images)
 
 
 @dataclass(frozen=True)

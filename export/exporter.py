@@ -22,9 +22,10 @@ import edgecap
 from edgecap import manifest as mf
 from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
-from edgecap.preprocess import PreprocessSpec
+from edgecap.preprocess import PreprocessSpec, preprocess
 
 from . import families, graphs, quantize, verify
+from .evalimages import synthetic_images
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,27 @@ class ExportError(EdgecapError):
     """Export could not produce a trustworthy bundle."""
 
 
+class PartialExportError(ExportError):
+    """The bundle was written, but without precisions that were asked for and failed the quality gate
+    (raised unless `ExportOptions.allow_partial`)."""
+
+    def __init__(self, message: str, bundle: Path, refused: dict[str, str]) -> None:
+        super().__init__(message)
+        self.bundle, self.refused = bundle, refused
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     precisions: tuple[str, ...] = ("fp32", "int8")
     verify_images: int = 4  # random inputs used to check the fp32 graphs against PyTorch
     max_logit_diff: float = 1e-3  # fp32 graphs must match PyTorch this closely
     min_token_agreement: float = 1.0  # fp32: greedy tokens must all be equal
-    min_caption_agreement: float = 0.95  # reduced precisions: captions equal to fp32's, else not written
-    eval_images: tuple[str, ...] = ()  # images for the precision agreement; default: 32 random images
+    # reduced precisions: teacher-forced top-1 agreement with fp32 on decisive steps
+    # (manifest.Verification), else the precision is not written
+    min_agreement: float = 0.97
+    allow_partial: bool = False  # False: a refused precision raises PartialExportError (bundle still written)
+    eval_images: tuple[str, ...] = ()  # images for the precision gate; default: synthetic (evalimages.py)
     calibration_images: tuple[str, ...] = ()  # int8-qdq activation ranges; default: 16 evaluation images
-    int8_per_channel: bool = True
     int4_block_size: int = 32
 
 
@@ -183,18 +195,10 @@ def _build_precision(
     prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str], calib_pixels: np.ndarray | None = None
 ) -> mf.GraphPair:
     """Write one precision's graphs under root/<prec>/ (the int4 encoder reuses int8's when present)."""
-    if prec == "fp32":
-        _save_graph(graphs.build_encoder(enc, dec)[0], root / "fp32" / "encoder.onnx")
-        _save_graph(graphs.build_decoder_step(dec, enc.seq_len)[0], root / "fp32" / "decoder.onnx")
-        enc_rel = "fp32/encoder.onnx"
-    elif prec == "fp16":
-        _save_graph(graphs.build_encoder(enc, dec, half=True)[0], root / "fp16" / "encoder.onnx")
-        _save_graph(graphs.build_decoder_step(dec, enc.seq_len, half=True)[0], root / "fp16" / "decoder.onnx")
-        enc_rel = "fp16/encoder.onnx"
-    elif prec == "int8":
-        quantize.quantize_int8(root / "fp32" / "encoder.onnx", root / "int8" / "encoder.onnx", options.int8_per_channel)
-        quantize.quantize_int8(root / "fp32" / "decoder.onnx", root / "int8" / "decoder.onnx", options.int8_per_channel)
-        enc_rel = "int8/encoder.onnx"
+    if prec in graphs.BUILT_PRECISIONS:
+        _save_graph(graphs.build_encoder(enc, dec, prec)[0], root / prec / "encoder.onnx")
+        _save_graph(graphs.build_decoder_step(dec, enc.seq_len, prec)[0], root / prec / "decoder.onnx")
+        enc_rel = f"{prec}/encoder.onnx"
     elif prec == "int8-qdq":
         enc_feeds, dec_feeds = verify.calibration_feeds(root, calib_pixels)
         quantize.quantize_int8_qdq(root / "fp32" / "encoder.onnx", root / prec / "encoder.onnx", enc_feeds)
@@ -205,7 +209,7 @@ def _build_precision(
         if "int8" in done:
             enc_rel = "int8/encoder.onnx"
         else:
-            quantize.quantize_int8(root / "fp32" / "encoder.onnx", root / "int4" / "encoder.onnx", options.int8_per_channel)
+            _save_graph(graphs.build_encoder(enc, dec, "int8")[0], root / "int4" / "encoder.onnx")
             enc_rel = "int4/encoder.onnx"
     else:
         raise ExportError(f"unknown precision {prec!r}")
@@ -233,17 +237,17 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - 1})
     verify_pixels = verify.random_images(spec, options.verify_images)
     if options.calibration_images:
-        from edgecap.preprocess import preprocess
-
         calib_pixels = preprocess(list(options.calibration_images), spec)
     else:
         calib_pixels = None  # the evaluation images, below
+    reduced = [p for p in options.precisions if p != "fp32"]
     if options.eval_images:
-        from edgecap.preprocess import preprocess
-
-        eval_pixels = preprocess(list(options.eval_images), spec)
+        eval_pixels, eval_source = preprocess(list(options.eval_images), spec), "user"
     else:
-        eval_pixels = verify.random_images(spec, 32, seed=1)
+        eval_pixels, eval_source = preprocess(synthetic_images(32, seed=1), spec), "synthetic"
+        if reduced:
+            log.info("judging %s on 32 synthetic images (shapes, text); for a figure you can trust, "
+                     "pass --eval-images DIR with a few dozen of your own images", ", ".join(reduced))
     if calib_pixels is None:
         calib_pixels = eval_pixels[:16]
 
@@ -289,7 +293,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             files={},
         )
         _write_manifest(tmp, manifest)
-        report = verify.verify_fp32(hf_model, tmp, verify_pixels, gen)
+        torch_ref = verify.torch_greedy(hf_model, verify_pixels, gen)
+        report = verify.verify_fp32(hf_model, tmp, verify_pixels, gen, torch_ref)
         log.info("fp32 vs PyTorch: max logit difference %.2e, token agreement %.1f%%",
                  report.max_logit_diff, 100 * report.token_agreement)
         if report.max_logit_diff > options.max_logit_diff or report.token_agreement < options.min_token_agreement:
@@ -298,17 +303,21 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 f"{report.max_logit_diff:.2e}, token agreement {report.token_agreement:.1%}); no bundle written"
             )
         reports = {"fp32": report}
-        for prec in [p for p in options.precisions if p != "fp32"]:
+        refused: dict[str, str] = {}
+        judge = verify.PrecisionJudge(tmp, eval_pixels, gen, eval_source) if reduced else None
+        for prec in reduced:
             log.info("building %s graphs", prec)
             pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs), calib_pixels)
             _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
-            rep = verify.verify_reduced(hf_model, tmp, prec, verify_pixels, eval_pixels, gen)
-            log.info("%s vs fp32: caption agreement %.1f%%, token agreement %.1f%%, max logit difference to PyTorch %.2e",
-                     prec, 100 * rep.caption_agreement, 100 * rep.token_agreement, rep.max_logit_diff)
-            if rep.caption_agreement < options.min_caption_agreement:
-                log.warning("%s not written: its captions agree with fp32 on %.1f%% of %d images, below the %.1f%% "
-                            "threshold (--min-agreement)", prec, 100 * rep.caption_agreement, rep.images,
-                            100 * options.min_caption_agreement)
+            rep = judge.judge(hf_model, prec, verify_pixels, torch_ref)
+            log.info("%s vs fp32: top-1 agreement %s on %d decisive of %d steps, mean KL %.2e nats; "
+                     "captions equal %.1f%%; max logit difference to PyTorch %.2e", prec,
+                     "-" if rep.decisive_agreement is None else f"{rep.decisive_agreement:.1%}",
+                     rep.decisive_steps, rep.steps, rep.mean_kl, 100 * rep.caption_agreement, rep.max_logit_diff)
+            problem = _gate(rep, options.min_agreement)
+            if problem:
+                log.warning("%s not written: %s", prec, problem)
+                refused[prec] = problem
                 del pairs[prec]
                 shutil.rmtree(tmp / prec, ignore_errors=True)
                 continue
@@ -322,7 +331,24 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote bundle %s (%s)", out, ", ".join(pairs))
+    if refused and not options.allow_partial:
+        raise PartialExportError(
+            f"{out}: written without {', '.join(refused)} (failed the quality gate, see above); "
+            "pass --allow-partial to accept that, or --eval-images DIR with your own images", out, refused)
     return out
+
+
+def _gate(rep: mf.Verification, min_agreement: float) -> str | None:
+    """Why a reduced precision is refused, or None (always None with min_agreement <= 0: no gate)."""
+    if min_agreement <= 0:
+        return None
+    if rep.decisive_agreement is None:
+        return (f"fp32 was never decisive on the {rep.images} evaluation images, so nothing measures the "
+                "quantization; pass --eval-images DIR with images of what the model reads")
+    if rep.decisive_agreement < min_agreement:
+        return (f"its top token agrees with fp32's on {rep.decisive_agreement:.1%} of {rep.decisive_steps} decisive "
+                f"steps, below the {min_agreement:.1%} threshold (--min-agreement)")
+    return None
 
 
 def _write_manifest(root: Path, manifest: mf.Manifest) -> None:

@@ -28,17 +28,34 @@ OPSET = 17
 _DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
 
 
-class GraphBuilder:
-    """A thin, name-managing wrapper over onnx.helper."""
+# Precisions whose graphs this module writes itself (int4 and int8-qdq are derived from fp32 ones).
+BUILT_PRECISIONS = ("fp32", "fp16", "int8")
 
-    def __init__(self, name: str, half: bool = False) -> None:
+
+class GraphBuilder:
+    """A thin, name-managing wrapper over onnx.helper.
+
+    precision "fp16": weights, matmuls and caches in fp16; LayerNorm, Softmax, activations and the
+    residual stream stay fp32, where fp16 overflows (TensorRT #3206, #2564: NaN/garbage from fp16
+    LayerNorm). Casts mark the boundaries, so precision lives in the graph.
+
+    precision "int8": every weight product is an int8 MatMulInteger with per-output-channel
+    symmetric weights and activations quantized *per row* (per token) at run time, so a row's
+    result never depends on the other rows of the batch: ONNX Runtime's dynamic quantization
+    (DynamicQuantizeLinear) takes one scale for the whole tensor, i.e. for every image and beam
+    together, which made captions change with the batch. Measured on the CPU provider, this form
+    is as fast as that one at every batch size (bench/RESULTS.md).
+    """
+
+    def __init__(self, name: str, precision: str = "fp32") -> None:
+        if precision not in BUILT_PRECISIONS:
+            raise ValueError(f"graphs are built in {', '.join(BUILT_PRECISIONS)}, not {precision!r}")
         self.name = name
-        # half=True: weights, matmuls and caches in fp16; LayerNorm, Softmax, activations and the
-        # residual stream stay fp32, where fp16 overflows (TensorRT #3206, #2564: NaN/garbage from
-        # fp16 LayerNorm). Casts mark the boundaries, so precision lives in the graph.
-        self.half = half
-        self.kv_dtype = "float16" if half else "float32"
+        self.precision = precision
+        self.half = precision == "fp16"
+        self.kv_dtype = "float16" if self.half else "float32"
         self._casts: dict[tuple[str, int], str] = {}
+        self._row_quant: dict[str, tuple[str, str]] = {}
         self._renames: dict[str, str] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -108,9 +125,40 @@ class GraphBuilder:
 
     def linear(self, x: str, lin: Linear, prefix: str) -> str:
         """x (fp32 or compute dtype) @ w + b, in the compute dtype."""
+        if self.precision == "int8":
+            return self._linear_int8(x, lin, prefix)
         y = self.op("MatMul", [self.to_compute(x), self.param(f"{prefix}.weight", lin.w)])
         if lin.b is not None:
             y = self.op("Add", [y, self.param(f"{prefix}.bias", lin.b)])
+        return y
+
+    def quantize_rows(self, x: str) -> tuple[str, str]:
+        """(x_q, scale): x [..., K] fp32 as uint8 with zero point 128, one symmetric scale per row.
+
+        uint8 with a fixed zero point (not int8) because ONNX Runtime's fast x86 int8 GEMM is
+        u8 x s8, and MatMulInteger only takes a scalar activation zero point. Computed once per
+        value and shared by every projection of it.
+        """
+        if x not in self._row_quant:
+            amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[-1], keepdims=1)
+            scale = self.op("Max", [self.op("Mul", [amax, self.const(1 / 127, np.float32)]),
+                                    self.const(np.finfo(np.float32).tiny, np.float32)])
+            q = self.op("QuantizeLinear", [self.op("Div", [x, scale]), self.const(1.0, np.float32),
+                                           self.const(128, np.uint8)])
+            self._row_quant[x] = (q, scale)
+        return self._row_quant[x]
+
+    def _linear_int8(self, x: str, lin: Linear, prefix: str) -> str:
+        w_scale = np.abs(lin.w).max(axis=0) / 127.0
+        w_scale[w_scale == 0] = 1.0
+        w_q = np.clip(np.round(lin.w / w_scale), -127, 127).astype(np.int8)
+        x_q, x_scale = self.quantize_rows(x)
+        acc = self.op("MatMulInteger", [x_q, self.weight(f"{prefix}.weight_q", w_q), self.const(128, np.uint8)])
+        y = self.op("Mul", [self.op("Cast", [acc], to=TensorProto.FLOAT),
+                            self.weight(f"{prefix}.weight_scale", w_scale.astype(np.float32))])
+        y = self.op("Mul", [y, x_scale])
+        if lin.b is not None:
+            y = self.op("Add", [y, self.weight(f"{prefix}.bias", lin.b.astype(np.float32))])
         return y
 
     def linears(self, x: str, lins: list[Linear], prefix: str) -> list[str]:
@@ -198,9 +246,9 @@ def _self_mha_full(g: GraphBuilder, x: str, att: Attention, heads: int, head_dim
     return g.to_float(g.linear(g.merge_heads(g.op("MatMul", [probs, v]), hidden), att.o, f"{p}.o"))
 
 
-def build_encoder(enc: Encoder, dec: Decoder, half: bool = False) -> tuple[onnx.ModelProto, list, list]:
+def build_encoder(enc: Encoder, dec: Decoder, precision: str = "fp32") -> tuple[onnx.ModelProto, list, list]:
     """The encoder graph, which also projects every decoder layer's cross-attention K and V."""
-    g = GraphBuilder("edgecap_encoder", half=half)
+    g = GraphBuilder("edgecap_encoder", precision)
     h_img, w_img = enc.image_hw
     px = g.input(mf.PIXEL_VALUES, "float32", ["batch", enc.channels, h_img, w_img])
     hidden, heads = enc.hidden, enc.num_heads
@@ -237,9 +285,9 @@ def build_encoder(enc: Encoder, dec: Decoder, half: bool = False) -> tuple[onnx.
     return g.build(), g.specs_in, g.specs_out
 
 
-def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[onnx.ModelProto, list, list]:
+def build_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32") -> tuple[onnx.ModelProto, list, list]:
     """One KV-cached decoder step over a fixed-length, masked self-attention cache."""
-    g = GraphBuilder("edgecap_decoder_step", half=half)
+    g = GraphBuilder("edgecap_decoder_step", precision)
     heads, head_dim, hidden = dec.num_heads, dec.head_dim, dec.hidden
     kv = g.kv_dtype
     ids = g.input(mf.INPUT_IDS, "int64", ["batch", 1])
@@ -283,12 +331,14 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
     bias = g.op("Where", [valid, g.const(0.0, np.float32), g.const(-np.inf, np.float32)])  # [T]
     split_sizes = g.op("Concat", [cache_len, g.const([1])], axis=0)
     images = g.op("Gather", [g.op("Shape", [crosses[0][0]]), g.const([0])], axis=0)
-    cross_shape = g.op("Concat", [images, g.const([-1, heads, head_dim])], axis=0)
+    cross_shape = g.op("Concat", [images, g.const([-1, heads, 1, head_dim])], axis=0)
+    beam_axis = g.const([1])
+    cross_k5 = [g.op("Unsqueeze", [ck, beam_axis]) for ck, _ in crosses]  # [b,1,h,d,S]: views, no copies
+    cross_v5 = [g.op("Unsqueeze", [cv, beam_axis]) for _, cv in crosses]
 
     for i, layer in enumerate(dec.layers):
         p = f"dec.{i}"
         pk, pv = pasts[i]
-        ck, cv = crosses[i]
         # self-attention over cache slots [0, step) plus this token (scores and softmax in fp32)
         h = g.layer_norm(x, layer.ln_self, f"{p}.ln_self") if dec.pre_norm else x
         sa = layer.self_attn
@@ -310,13 +360,13 @@ def build_decoder_step(dec: Decoder, enc_seq: int, half: bool = False) -> tuple[
         # cross-attention on K/V the encoder graph projected once per image
         h = g.layer_norm(x, layer.ln_cross, f"{p}.ln_cross") if dec.pre_norm else x
         # Rows are image-major (image b's beams are rows b*nb .. b*nb+nb-1) and the cross K/V may
-        # hold one row per image: a beam's queries then attend their image's K/V in one batched
-        # product (M = beams), with no per-beam copy of the cross K/V (see cross_shape above).
-        cq = g.op("Reshape", [g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), cross_shape])  # [b,nb,h,d]
-        cq = g.op("Transpose", [cq], perm=[0, 2, 1, 3])  # [b,h,nb,d]
-        cprobs = _softmax(g, g.op("MatMul", [cq, ck]))  # [b,h,nb,S]
-        cctx = g.op("Transpose", [g.op("MatMul", [cprobs, cv])], perm=[0, 2, 1, 3])  # [b,nb,h,d]
-        cctx = g.op("Reshape", [cctx, g.const([-1, hidden])])  # [rows,E]
+        # hold one row per image: queries [b,nb,h,1,d] against K/V [b,1,h,d,S] broadcast over the
+        # beams, with no per-beam copy of the cross K/V. Each row is its own M=1 product: a
+        # [nb,d] x [d,S] product would take another ONNX Runtime kernel for nb=1 than for nb>1 and
+        # make a beam's logits depend (by an ulp) on how many beams it has (tests/test_invariance.py).
+        cq = g.op("Reshape", [g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), cross_shape])  # [b,nb,h,1,d]
+        cprobs = _softmax(g, g.op("MatMul", [cq, cross_k5[i]]))  # [b,nb,h,1,S]
+        cctx = g.op("Reshape", [g.op("MatMul", [cprobs, cross_v5[i]]), g.const([-1, hidden])])  # [rows,E]
         a = g.to_float(g.linear(cctx, layer.cross_attn.o, f"{p}.cross.o"))
         x = g.op("Add", [x, a])
         if not dec.pre_norm:

@@ -1,14 +1,15 @@
 """Reduced-precision graphs derived from the fp32 ones.
 
-- int8: ONNX Runtime dynamic quantization of the weight MatMuls (MatMulConstBOnly: attention's
-  activation x activation products stay fp32). The decoder step is bound by streaming its
-  weights, so int8 weights are a 4x smaller read per step.
-- int4: weight-only 4-bit blocks (MatMulNBits) for the decoder; its encoder is the int8 one.
+- int8: built directly by `graphs.py` (per-channel int8 weights, per-row dynamic activations:
+  batch-invariant, see `graphs.GraphBuilder`). Attention's activation x activation products stay
+  fp32. The decoder step is bound by streaming its weights, so int8 weights are a 4x smaller read.
+- int4: weight-only 4-bit blocks (MatMulNBits, block 32, int8 compute with activations quantized
+  per block of each row: batch-invariant) for the decoder; its encoder is the int8 one.
 - int8-qdq: static quantization with calibration, written as explicit QuantizeLinear/
   DequantizeLinear pairs (symmetric int8 weights per channel, symmetric activations): the form
   TensorRT consumes (TensorRT 11 has no implicit INT8 calibration). It runs on ONNX Runtime's CPU
   provider too, so its accuracy is measured here like every other precision.
-- fp16: built directly by `graphs.py` (half=True), not converted, so LayerNorm/Softmax/residuals
+- fp16: built directly by `graphs.py`, not converted, so LayerNorm/Softmax/residuals
   stay fp32 by construction.
 """
 
@@ -59,22 +60,6 @@ def quiet_root_logger():
         yield
     finally:
         root.setLevel(level)
-
-
-def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with quiet_root_logger():
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=["MatMul"],
-            per_channel=per_channel,
-            weight_type=QuantType.QInt8,
-            extra_options={"MatMulConstBOnly": True},
-            use_external_data_format=needs_external_data(_graph_bytes(src)),
-        )
 
 
 def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:

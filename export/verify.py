@@ -1,5 +1,5 @@
 """Hold exported graphs to PyTorch (logits step by step, greedy tokens end to end) and reduced
-precisions to the fp32 graphs (caption agreement).
+precisions to the fp32 graphs (teacher-forced next-token agreement and KL, caption agreement).
 
 Everything runs through the runtime itself (`edgecap.Captioner`), so what is checked is exactly
 what users will run.
@@ -7,6 +7,7 @@ what users will run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +16,12 @@ import torch
 
 from edgecap import Captioner, GenerationOptions
 from edgecap import manifest as mf
+from edgecap.decoding import log_softmax
 from edgecap.preprocess import PreprocessSpec, preprocess
+
+# fp32's top choice must beat its runner-up by this many nats (e: 2.7x as likely) for a step to
+# count as decisive in the precision gate; see manifest.Verification.
+DECISIVE_MARGIN = 1.0
 
 
 def random_images(spec: PreprocessSpec, count: int, seed: int = 0) -> np.ndarray:
@@ -39,18 +45,27 @@ def _cut(tokens: list[int], eos: set[int]) -> list[int]:
 
 
 def torch_greedy(hf_model, pixels: np.ndarray, gen: mf.Generation) -> list[list[int]]:
-    with torch.no_grad():
-        out = hf_model.generate(
-            pixel_values=torch.from_numpy(pixels),
-            num_beams=1,
-            do_sample=False,
-            max_new_tokens=gen.max_new_tokens,
-            min_new_tokens=gen.min_new_tokens,
-            no_repeat_ngram_size=gen.no_repeat_ngram_size,
-            decoder_start_token_id=gen.decoder_start_token_id,
-            eos_token_id=gen.eos_token_ids or None,
-            pad_token_id=gen.pad_token_id,
-        )
+    from transformers.utils import logging as hf_logging
+
+    # generate() warns about our explicit max_new_tokens beside the checkpoint's max_length: that is
+    # our choice, not the user's problem (export reports the generation config it keeps itself).
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with torch.no_grad():
+            out = hf_model.generate(
+                pixel_values=torch.from_numpy(pixels),
+                num_beams=1,
+                do_sample=False,
+                max_new_tokens=gen.max_new_tokens,
+                min_new_tokens=gen.min_new_tokens,
+                no_repeat_ngram_size=gen.no_repeat_ngram_size,
+                decoder_start_token_id=gen.decoder_start_token_id,
+                eos_token_id=gen.eos_token_ids or None,
+                pad_token_id=gen.pad_token_id,
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     eos = set(gen.eos_token_ids)
     return [_cut(row[1:], eos) for row in out.tolist()]
 
@@ -96,21 +111,72 @@ def max_logit_diff(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[
     return worst
 
 
-def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation) -> mf.Verification:
-    ref = torch_greedy(hf_model, pixels, gen)
+def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]]) -> mf.Verification:
+    """fp32 graphs against PyTorch; `ref` = torch_greedy(hf_model, pixels, gen)."""
     cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
     tok, capt = agreement(greedy_tokens(cap, pixels), ref)
     return mf.Verification("pytorch", len(pixels), max_logit_diff(hf_model, cap, pixels, ref, gen), tok, capt)
 
 
-def verify_reduced(
-    hf_model, bundle_dir: Path, precision: str, verify_pixels: np.ndarray, eval_pixels: np.ndarray, gen: mf.Generation
-) -> mf.Verification:
-    fp32 = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
-    cap = Captioner(bundle_dir, precision=precision, backend="cpu", verify_checksums=False)
-    tok, capt = agreement(greedy_tokens(cap, eval_pixels), greedy_tokens(fp32, eval_pixels))
-    diff = max_logit_diff(hf_model, cap, verify_pixels, torch_greedy(hf_model, verify_pixels, gen), gen)
-    return mf.Verification("fp32", len(eval_pixels), diff, tok, capt)
+@dataclass(frozen=True)
+class TeacherForced:
+    decisive_agreement: float | None  # None: no decisive step at all
+    decisive_steps: int
+    steps: int
+    mean_kl: float
+
+
+def teacher_forced(
+    ref: Captioner, cap: Captioner, pixels: np.ndarray, ref_tokens: Sequence[Sequence[int]], start: int,
+    margin: float = DECISIVE_MARGIN, batch: int = 8,
+) -> TeacherForced:
+    """Feed both captioners the reference's own greedy tokens and compare their next-token
+    distributions at every step a reference caption has (see manifest.Verification)."""
+    agree = decisive = steps = 0
+    kl_sum = 0.0
+    for i in range(0, len(pixels), batch):
+        chunk, toks = pixels[i : i + batch], [list(t) for t in ref_tokens[i : i + batch]]
+        n, length = len(chunk), max((len(t) for t in toks), default=0)
+        if length == 0:
+            continue
+        for c in (ref, cap):
+            c._decoder.set_encoded(c.encode(chunk))
+            c._decoder.begin(np.arange(n), length)
+        for t in range(length):
+            feed = np.array([start if t == 0 else (row[t - 1] if t - 1 < len(row) else start) for row in toks], np.int64)
+            lp_ref = log_softmax(ref._decoder.step(feed, t))
+            lp_cap = log_softmax(cap._decoder.step(feed, t))
+            for r, row in enumerate(toks):
+                if t >= len(row):
+                    continue
+                p = np.exp(lp_ref[r].astype(np.float64))
+                kl_sum += float(np.sum(p * (lp_ref[r].astype(np.float64) - lp_cap[r].astype(np.float64))))
+                steps += 1
+                top2 = np.partition(lp_ref[r], -2)[-2:]
+                if top2[1] - top2[0] >= margin:
+                    decisive += 1
+                    agree += int(np.argmax(lp_cap[r]) == np.argmax(lp_ref[r]))
+    return TeacherForced(agree / decisive if decisive else None, decisive, steps, kl_sum / max(1, steps))
+
+
+class PrecisionJudge:
+    """Measures reduced precisions against a bundle's fp32 graphs on the evaluation images."""
+
+    def __init__(self, bundle_dir: Path, eval_pixels: np.ndarray, gen: mf.Generation, eval_source: str) -> None:
+        self.bundle_dir, self.eval_pixels, self.gen, self.eval_source = bundle_dir, eval_pixels, gen, eval_source
+        self.fp32 = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
+        self.ref = greedy_tokens(self.fp32, eval_pixels)
+
+    def judge(self, hf_model, precision: str, verify_pixels: np.ndarray, torch_ref: list[list[int]]) -> mf.Verification:
+        cap = Captioner(self.bundle_dir, precision=precision, backend="cpu", verify_checksums=False)
+        tok, capt = agreement(greedy_tokens(cap, self.eval_pixels), self.ref)
+        tf = teacher_forced(self.fp32, cap, self.eval_pixels, self.ref, self.gen.decoder_start_token_id)
+        diff = max_logit_diff(hf_model, cap, verify_pixels, torch_ref, self.gen)
+        return mf.Verification(
+            "fp32", len(self.eval_pixels), diff, tok, capt, decisive_agreement=tf.decisive_agreement,
+            decisive_steps=tf.decisive_steps, steps=tf.steps, mean_kl=tf.mean_kl, decisive_margin=DECISIVE_MARGIN,
+            eval_images=self.eval_source,
+        )
 
 
 def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> tuple[list[dict], list[dict]]:

@@ -121,3 +121,17 @@ def test_export_then_caption(tmp_path, sample_images):
     Image.fromarray(sample_images[1]).save(tmp_path / "x.png")
     res = run("caption", tmp_path / "x.png", "--bundle", tmp_path / "bundle")
     assert res.returncode == 0 and res.stdout.startswith(str(tmp_path / "x.png") + "\t")
+
+
+def test_export_refused_precision_exits_1_unless_allow_partial(tmp_path):
+    """A user who asked for int8 and got none must notice: exit 1, the rest of the bundle kept."""
+    import tiny
+
+    ckpt = tiny.build(tmp_path / "ckpt")
+    res = run("export", ckpt, tmp_path / "b1", "--precision", "fp32,int8", "--min-agreement", "1.01")
+    assert res.returncode == 1, res.stderr
+    assert "int8 not written" in res.stderr and "--allow-partial" in res.stderr and "Traceback" not in res.stderr
+    assert "--eval-images" in res.stderr  # how to get a trustworthy figure
+    assert json.loads((tmp_path / "b1" / "manifest.json").read_text())["graphs"].keys() == {"fp32"}
+    res = run("export", ckpt, tmp_path / "b2", "--precision", "fp32,int8", "--min-agreement", "1.01", "--allow-partial")
+    assert res.returncode == 0, res.stderr
