@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from . import __version__
+from .cliargs import (
+    EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+    add_generation_args, add_model_args, generation_options,
+)
 from .errors import EdgecapError, ImageError
 
 log = logging.getLogger("edgecap")
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _say(message: str) -> None:
@@ -50,28 +53,11 @@ def expand_inputs(patterns: Sequence[str]) -> Iterator[tuple[str, str | None]]:
             yield pattern, "file not found"
 
 
-def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("generation (default: the bundle's generation config)")
-    g.add_argument("--beams", type=int, dest="num_beams", metavar="N", help="beam width; 1 = greedy")
-    g.add_argument("--max-new-tokens", type=int, metavar="N", help="longest caption, in tokens")
-    g.add_argument("--min-new-tokens", type=int, metavar="N", help="shortest caption, in tokens")
-    g.add_argument("--length-penalty", type=float, metavar="X", help="beam search length penalty")
-    g.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="forbid repeating n-grams of this size")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--bundle", metavar="DIR", help="bundle directory from `edgecap export` (default: the bundled demo model)")
-    g.add_argument("--precision", metavar="P", help="graphs to run: fp32, int8, ... (default: the best the bundle has)")
-    g.add_argument("--backend", metavar="B", default="auto", help="auto, cpu, cuda, ort-tensorrt or tensorrt (default: auto: built TensorRT engines, else ONNX Runtime CUDA, else CPU)")
-    g.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgecap",
         description="Caption images with Hugging Face VisionEncoderDecoder models exported to ONNX.",
-        epilog="Exit codes: 0 ok, 1 some inputs failed, 2 usage/bundle/export error, 3 internal error.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"edgecap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -85,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories of images, or glob patterns")
     cap.add_argument("--json", action="store_true", help="print one JSON object per image")
     cap.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default: 8)")
-    _add_model_args(cap)
-    _add_generation_args(cap)
+    add_model_args(cap)
+    add_generation_args(cap)
     cap.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
     exp = sub.add_parser(
@@ -138,16 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _caption(args: argparse.Namespace) -> int:
     from .captioner import Captioner
-    from .options import GenerationOptions
     from .preprocess import load_image
 
-    options = GenerationOptions(
-        num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.min_new_tokens,
-        length_penalty=args.length_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-    )
+    options = generation_options(args)
     if args.batch_size < 1:
         raise EdgecapError("--batch-size must be >= 1")
     captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
@@ -250,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         _say("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line unless --debug
         if debug:
             raise

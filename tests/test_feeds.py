@@ -431,7 +431,7 @@ def test_progress_terminal_and_log_modes():
     batch = [FrameCaption("cam.mp4", i, float(i), "x", 0.0, False) for i in range(5)]
     tty = io.StringIO()
     p = Progress(tty, tty=True)
-    p.last_show = 0
+    p.status.last = float("-inf")  # due at once
     p.source_started("cam.mp4", 20)
     p.frames_written(batch)
     p.problem(FeedProblem("bad.mp4", "frame 3 (pts 1.000 s)", "decode error"))

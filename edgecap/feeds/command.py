@@ -8,32 +8,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import TextIO
 
-from ..options import GenerationOptions
+from ..cliargs import EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_generation_args, add_model_args, generation_options
+from ..progress import StatusLine, format_eta
 from .output import append_all, encode_records, load_records
 from .pipeline import FeedConfig, FeedListener, run_feed
 from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FeedSource, FrameCaption, expand_sources
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 def add_feed_parser(sub) -> argparse.ArgumentParser:
     """Register `edgecap feed` on the top-level parser's subparsers."""
-    from ..cli import _add_generation_args, _add_model_args
-
     p = sub.add_parser(
         "feed",
         help="caption video files and frame folders over time into JSON lines (needs edgecap[feeds] for video)",
         description="Caption one frame every --every seconds of each source (video files, folders of frames "
         "sorted by name, globs) into JSON lines. Rerunning with the same --out continues where a killed or "
         "interrupted run stopped. A bad source is reported on stderr and the others are still captioned.",
-        epilog="Exit codes: 0 ok, 1 some source failed, 2 usage/bundle error, 130 interrupted.",
+        epilog=EXIT_CODES_HELP,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="video files, folders of frames, or glob patterns")
     p.add_argument("--out", required=True, metavar="FILE", help="JSON-lines output; appended to and resumed from")
@@ -49,38 +46,27 @@ def add_feed_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--vtt", metavar="DIR", help="write a WebVTT file per video source into DIR")
     p.add_argument("--srt", metavar="DIR", help="write a SubRip file per video source into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress or summary (problems are still reported)")
-    _add_model_args(p)
-    _add_generation_args(p)
+    add_model_args(p)
+    add_generation_args(p, alternatives=False)
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     return p
-
-
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 class Progress(FeedListener):
     """One updating line on a terminal, a log line every `interval` seconds otherwise."""
 
     def __init__(self, stream: TextIO, quiet: bool = False, interval: float = 10.0, tty: bool | None = None) -> None:
-        self.stream, self.quiet, self.interval = stream, quiet, interval
-        self.tty = bool(tty if tty is not None else getattr(stream, "isatty", lambda: False)())
-        self.t0 = self.last_show = time.monotonic()
+        self.status = StatusLine(stream, quiet=quiet, interval=interval, tty=tty)
+        self.status.last = self.t0 = time.monotonic()
+        self.quiet, self.tty = quiet, self.status.tty
         self.written = self.repeats = self.skipped = 0
         self.done: dict[str, int] = defaultdict(int)
         self.expected: dict[str, int | None] = {}
         self.current: str | None = None
         self.problems: dict[str, list[FeedProblem]] = {}
-        self.shown = False
 
     def _print(self, line: str) -> None:
-        if self.shown:  # clear the progress line first
-            self.stream.write("\r\x1b[K")
-            self.shown = False
-        self.stream.write(f"edgecap: {line}\n")
-        self.stream.flush()
+        self.status.print(line)
 
     def source_started(self, source: str, expected: int | None) -> None:
         self.expected[source] = expected
@@ -106,8 +92,7 @@ class Progress(FeedListener):
         if batch:
             self.current = batch[-1].source
         now = time.monotonic()
-        if not self.quiet and now - self.last_show >= (0.2 if self.tty else self.interval):
-            self.last_show = now
+        if self.status.due(now):
             self.show(now)
 
     def rate(self, now: float | None = None) -> float:
@@ -124,25 +109,16 @@ class Progress(FeedListener):
                 done = min(self.done[src], exp)
                 text += f" | {name} {done}/{exp}"
                 if rate > 0:
-                    text += f", ETA {_fmt_eta((exp - done) / rate)}"
+                    text += f", ETA {format_eta((exp - done) / rate)}"
             else:
                 text += f" | {name} {self.done[src]}"
         return text
 
     def show(self, now: float | None = None) -> None:
-        if self.tty:
-            width = shutil.get_terminal_size((100, 20)).columns - 1
-            self.stream.write("\r\x1b[K" + ("edgecap: " + self.line(now))[:width])
-            self.shown = True
-            self.stream.flush()
-        else:
-            self._print(self.line(now))
+        self.status.update(self.line(now), now, force=True)
 
     def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self.shown = False
+        self.status.close()
 
 
 def _subtitle_names(sources: list[FeedSource]) -> dict[str, str]:
@@ -186,9 +162,7 @@ def run_command(args: argparse.Namespace) -> int:
     cfg = FeedConfig(every=args.every, dedupe=args.dedupe, batch_size=args.batch_size,
                      max_frames=args.max_frames, fps=args.fps)
     cfg.check()
-    options = GenerationOptions(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                                min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty,
-                                no_repeat_ngram_size=args.no_repeat_ngram_size)
+    options = generation_options(args)
     for folder in (args.vtt, args.srt):
         if folder:
             try:
@@ -235,4 +209,4 @@ def run_command(args: argparse.Namespace) -> int:
     if interrupted:
         progress._print(f"interrupted: finished frames are in {args.out}; rerun the same command to continue")
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_INPUT_FAILED if failed else EXIT_OK

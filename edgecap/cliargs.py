@@ -1,0 +1,66 @@
+"""Command-line arguments that `edgecap caption`, `edgecap feed` and the Ray path share.
+
+Defined once, with the option names of transformers `generate()`, so the commands cannot drift
+apart and `feed` needs nothing from `cli.py` (this module imports only downward).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import GenerationOptions
+
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 ok; 1 some inputs failed (the others were still processed); 2 usage, bundle or "
+    "export error; 3 internal error (a bug: rerun with --debug and report the traceback); "
+    "130 interrupted (finished work is kept)"
+)
+
+
+def parse_early_stopping(text: str) -> bool | str:
+    """generate()'s early_stopping: true, false or "never"."""
+    value = {"true": True, "false": False, "never": "never"}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true, false or never, got {text!r}")
+    return value
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--bundle", metavar="DIR", help="bundle directory from `edgecap export` (default: the bundled demo model)")
+    g.add_argument("--precision", metavar="P", help="graphs to run: fp32, int8, ... (default: the best the bundle has)")
+    g.add_argument("--backend", metavar="B", default="auto",
+                   help="auto, cpu, cuda, ort-tensorrt or tensorrt (default: auto: built TensorRT engines, "
+                   "else ONNX Runtime CUDA, else CPU)")
+    g.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
+
+
+def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -> None:
+    """generate()'s options; `alternatives` adds --num-return-sequences (for commands that print them)."""
+    g = p.add_argument_group("generation (names as in transformers generate(); default: the bundle's generation config)")
+    g.add_argument("--num-beams", "--beams", type=int, dest="num_beams", metavar="N", help="beam width; 1 = greedy")
+    g.add_argument("--max-new-tokens", type=int, metavar="N", help="longest output, in tokens")
+    g.add_argument("--min-new-tokens", type=int, metavar="N", help="shortest output, in tokens")
+    g.add_argument("--length-penalty", type=float, metavar="X",
+                   help="beam search: scores are divided by length**X (>0 favours longer outputs)")
+    g.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="forbid repeating n-grams of this size")
+    g.add_argument("--early-stopping", type=parse_early_stopping, metavar="{true,false,never}",
+                   help="beam search: when to stop (as in generate())")
+    if alternatives:
+        g.add_argument("--num-return-sequences", type=int, metavar="N",
+                       help="beam search: also report the N-1 next-best outputs")
+
+
+def generation_options(args: argparse.Namespace) -> GenerationOptions:
+    """The GenerationOptions a command line asked for (unset options stay None: bundle defaults)."""
+    return GenerationOptions(
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        early_stopping=args.early_stopping,
+        num_return_sequences=getattr(args, "num_return_sequences", None),
+    )
