@@ -371,6 +371,75 @@ def test_load_records_repairs_only_a_torn_tail(tmp_path):
         load_records(p)
 
 
+def _feed_args(tiny_bundle, *extra: str) -> list[str]:
+    return ["--bundle", str(tiny_bundle), "--threads", "1", "--quiet", "--every", "1", *extra]
+
+
+@needs_av
+def test_resume_refuses_other_settings_unless_overwrite(tmp_path, tiny_bundle, two_feeds, capfd):
+    out = tmp_path / "out.jsonl"
+    assert main(["feed", two_feeds[1], "--out", str(out), *_feed_args(tiny_bundle)]) == 0
+    first = out.read_bytes()
+    settings = json.loads((tmp_path / "out.jsonl.settings.json").read_text())
+    assert settings["precision"] == "fp32" and settings["every"] == 1.0 and settings["generation"]["num_beams"] == 1
+    capfd.readouterr()
+    for changed, says in ((["--num-beams", "2"], "num_beams: recorded 1, now 2"),
+                          (["--dedupe", "0"], "dedupe: recorded 0.01, now 0.0"),
+                          (["--max-new-tokens", "3"], "max_new_tokens: recorded ")):
+        assert main(["feed", two_feeds[1], "--out", str(out), *_feed_args(tiny_bundle, *changed)]) == 2
+        err = capfd.readouterr().err
+        assert len(err.splitlines()) == 1 and says in err and "--overwrite" in err and str(out) in err, err
+        assert out.read_bytes() == first  # nothing mixed in
+    # the same settings spelled explicitly (num_beams 1 is the default) resume: nothing to add
+    assert main(["feed", two_feeds[1], "--out", str(out), *_feed_args(tiny_bundle, "--num-beams", "1")]) == 0
+    assert out.read_bytes() == first
+    # --overwrite starts over under the new settings
+    assert main(["feed", two_feeds[1], "--out", str(out), *_feed_args(tiny_bundle, "--num-beams", "2", "--overwrite")]) == 0
+    again = read_jsonl(out)
+    assert len(again) == len(first.splitlines()) and len({r["frame"] for r in again}) == len(again)
+    assert json.loads((tmp_path / "out.jsonl.settings.json").read_text())["generation"]["num_beams"] == 2
+    # results without recorded settings (an older edgecap, or a deleted sidecar) are not resumed blindly
+    (tmp_path / "out.jsonl.settings.json").unlink()
+    assert main(["feed", two_feeds[1], "--out", str(out), *_feed_args(tiny_bundle, "--num-beams", "2")]) == 2
+    assert "no recorded settings" in capfd.readouterr().err
+
+
+@needs_av
+def test_sources_match_on_the_resolved_path(tmp_path, tiny_bundle, monkeypatch, capfd):
+    cam = tmp_path / "cam1"
+    cam.mkdir()
+    write_video(cam / "clip.mp4", [pattern(i // 4) for i in range(12)], fps=4)
+    (tmp_path / "link.mp4").symlink_to(cam / "clip.mp4")
+    out = tmp_path / "out.jsonl"
+    monkeypatch.chdir(cam)
+    assert main(["feed", "clip.mp4", "--out", str(out), *_feed_args(tiny_bundle)]) == 0
+    first = out.read_bytes()
+    assert {r["source"] for r in read_jsonl(out)} == {os.path.realpath(cam / "clip.mp4")}
+    monkeypatch.chdir(tmp_path)
+    for typed in ("cam1/clip.mp4", "./cam1/../cam1/clip.mp4", "link.mp4"):
+        capfd.readouterr()
+        assert main(["feed", typed, "--out", str(out), *_feed_args(tiny_bundle)[:-3], "--every", "1"]) == 0
+        assert out.read_bytes() == first, typed  # recognised as done, not captioned again
+        assert "0 frames written" in capfd.readouterr().err
+
+
+@needs_av
+def test_out_dash_writes_json_lines_to_stdout(tmp_path, tiny_bundle, two_feeds, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    ref = tmp_path / "ref.jsonl"
+    assert main(["feed", *two_feeds, "--out", str(ref), *_feed_args(tiny_bundle)]) == 0
+    capfd.readouterr()
+    assert main(["feed", *two_feeds, "--out", "-", *_feed_args(tiny_bundle), "--vtt", "subs"]) == 0
+    got = capfd.readouterr()
+    assert [json.loads(line) for line in got.out.splitlines()] == read_jsonl(ref)
+    assert not (tmp_path / "-").exists() and not (tmp_path / "-.settings.json").exists()
+    assert sorted(p.name for p in (tmp_path / "subs").rglob("*.vtt")) == ["one.vtt", "two.vtt"]
+    for bad, says in ((["--overwrite"], "nothing to resume"), (["--ray"], "folder"), (["--format", "parquet"], "--ray")):
+        assert main(["feed", two_feeds[0], "--out", "-", *_feed_args(tiny_bundle), *bad]) == 2
+        err = capfd.readouterr().err
+        assert says in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
 # --- subtitles -----------------------------------------------------------------------------------
 
 
@@ -397,6 +466,23 @@ def _parse_cues(text: str, sep: str) -> list[tuple[float, float, str]]:
     return cues
 
 
+def test_subtitle_names_mirror_the_sources_layout(tmp_path):
+    from edgecap.feeds.output import subtitle_names
+    from edgecap.feeds.sources import FeedSource
+
+    root = tmp_path / "night"
+    names = [root / "cam1" / "clip.mp4", root / "cam2" / "clip.mp4", root / "cam2" / "photos.mp4",
+             root / "cam2" / "photos.webm", root / "cam3" / "sub" / "x.mkv", root / "cam3" / "x.mkv.avi"]
+    srcs = [FeedSource(str(n), "video", (str(n),)) for n in names] + [FeedSource(str(root / "frames"), "frames", ())]
+    assert subtitle_names(srcs) == {
+        str(names[0]): "cam1/clip", str(names[1]): "cam2/clip",
+        str(names[2]): "cam2/photos.mp4", str(names[3]): "cam2/photos.webm",  # same stem: keep the extension
+        str(names[4]): "cam3/sub/x", str(names[5]): "cam3/x.mkv",
+    }
+    assert subtitle_names(srcs[:1]) == {str(names[0]): "clip"}  # one video: just its name
+    assert len(set(subtitle_names(srcs).values())) == 6
+
+
 @needs_av
 def test_vtt_and_srt_files(tmp_path, tiny_bundle, scenes_video, two_feeds):
     out = tmp_path / "out.jsonl"
@@ -412,14 +498,16 @@ def test_vtt_and_srt_files(tmp_path, tiny_bundle, scenes_video, two_feeds):
         else:
             expected.append([r["pts"], end, r["caption"]])
     assert len(expected) == 3  # scenes A, B, A
-    vtt = (tmp_path / "vtt" / "cam.vtt").read_text()
+    # names mirror the sources' layout below the deepest folder holding both videos
+    cam, two = Path(scenes_video).parent.name + "/cam", Path(two_feeds[1]).parent.name + "/two"
+    vtt = (tmp_path / "vtt" / f"{cam}.vtt").read_text()
     assert vtt.startswith("WEBVTT\n\n")
     assert _parse_cues(vtt.split("\n", 2)[2], ".") == [tuple(c) for c in expected]
-    srt = (tmp_path / "srt" / "cam.srt").read_text()
+    srt = (tmp_path / "srt" / f"{cam}.srt").read_text()
     blocks = srt.strip().split("\n\n")
     assert [b.split("\n")[0] for b in blocks] == ["1", "2", "3"]
     assert _parse_cues(srt, ",") == [tuple(c) for c in expected]
-    assert (tmp_path / "vtt" / "two.vtt").is_file() and (tmp_path / "srt" / "two.srt").is_file()
+    assert (tmp_path / "vtt" / f"{two}.vtt").is_file() and (tmp_path / "srt" / f"{two}.srt").is_file()
 
 
 # --- progress ------------------------------------------------------------------------------------

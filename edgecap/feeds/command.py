@@ -7,18 +7,18 @@ or bundle error; 130 interrupted (everything finished before Ctrl-C is on disk: 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import TextIO
 
 from ..cliargs import EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_generation_args, add_model_args, generation_options
 from ..progress import StatusLine, format_eta
-from .output import append_all, encode_records, load_records
+from .output import append_all, check_resume, encode_records, feed_settings, load_records, settings_file, write_atomic, write_subtitles
 from .pipeline import FeedConfig, FeedListener, run_feed
-from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FeedSource, FrameCaption, expand_sources
+from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FrameCaption, expand_sources
 
 
 
@@ -33,7 +33,11 @@ def add_feed_parser(sub) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="video files, folders of frames, or glob patterns")
-    p.add_argument("--out", required=True, metavar="FILE", help="JSON-lines output; appended to and resumed from")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="JSON-lines output, appended to and resumed from (settings recorded in FILE.settings.json); "
+                   "'-' writes to stdout (nothing to resume from); with --ray a folder, one file per source")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over when --out already holds results (needed when the settings changed)")
     p.add_argument("--every", type=float, default=DEFAULT_EVERY, metavar="SECONDS",
                    help=f"sample one frame every SECONDS of presentation time (default: {DEFAULT_EVERY:g})")
     p.add_argument("--dedupe", type=float, default=DEFAULT_DEDUPE, metavar="THRESHOLD",
@@ -48,8 +52,37 @@ def add_feed_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress or summary (problems are still reported)")
     add_model_args(p)
     add_generation_args(p, alternatives=False)
+    r = p.add_argument_group("Ray cluster (needs edgecap[ray]; docs/ray.md)")
+    r.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray Data: ADDRESS as ray.init takes it ('auto', 'ray://host:10001', host:port); "
+                   "bare --ray starts a local Ray instance. --out is then a folder")
+    r.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
+                   help="with --ray: result file format per source (default: jsonl)")
+    r.add_argument("--actors", type=int, metavar="N",
+                   help="with --ray: Captioner actors (default: one per GPU with a GPU backend, else half the cluster's CPUs / --actor-cpus)")
+    r.add_argument("--actor-cpus", type=float, metavar="N",
+                   help="with --ray: CPUs per Captioner actor, also its ONNX Runtime threads (default: --threads, else 1)")
+    r.add_argument("--actor-gpus", type=float, metavar="N",
+                   help="with --ray: GPUs per actor (default: 1 with a GPU --backend, else 0)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     return p
+
+
+RAY_ONLY = ("format", "actors", "actor_cpus", "actor_gpus")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Usage errors of option combinations (FeedError: exit 2)."""
+    if args.ray is None:
+        used = [f"--{k.replace('_', '-')}" for k in RAY_ONLY if getattr(args, k) not in (None, "jsonl")]
+        if used:
+            raise FeedError(f"{', '.join(used)} only apply with --ray (edgecap feed appends JSON lines to one file)")
+    if args.out == "-":
+        if args.ray is not None:
+            raise FeedError("--ray writes one result file per source: --out must be a folder, not '-'")
+        if args.overwrite:
+            raise FeedError("--out - writes to stdout, which has nothing to resume or overwrite: "
+                            "give an output file to resume from")
 
 
 class Progress(FeedListener):
@@ -121,92 +154,90 @@ class Progress(FeedListener):
         self.status.close()
 
 
-def _subtitle_names(sources: list[FeedSource]) -> dict[str, str]:
-    names: dict[str, str] = {}
-    used: set[str] = set()
-    for s in sources:
-        if s.kind != "video" or s.problem:
-            continue
-        stem, n = Path(s.name).stem or "video", 1
-        name = stem
-        while name in used:
-            n += 1
-            name = f"{stem}-{n}"
-        used.add(name)
-        names[s.name] = name
-    return names
-
-
-def write_subtitles(out: str, sources: list[FeedSource], every: float, vtt: str | None, srt: str | None) -> list[str]:
-    from ..subtitles import merge_cues, to_srt, to_vtt
-
-    by_source: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for r in load_records(out, repair=False):
-        by_source[r.source].append((r.pts, r.caption))
-    written = []
-    for source, stem in _subtitle_names(sources).items():
-        if not by_source.get(source):
-            continue
-        cues = merge_cues(by_source[source], every)
-        for folder, ext, render in ((vtt, ".vtt", to_vtt), (srt, ".srt", to_srt)):
-            if folder:
-                path = Path(folder) / (stem + ext)
-                path.write_text(render(cues), encoding="utf-8")
-                written.append(str(path))
-    return written
-
-
 def run_command(args: argparse.Namespace) -> int:
+    check_args(args)
+    if args.ray is not None:
+        from ..ray.command import run_ray_command  # imports Ray itself only when it runs
+
+        return run_ray_command(args)
     from ..captioner import Captioner
 
     cfg = FeedConfig(every=args.every, dedupe=args.dedupe, batch_size=args.batch_size,
                      max_frames=args.max_frames, fps=args.fps)
     cfg.check()
     options = generation_options(args)
-    for folder in (args.vtt, args.srt):
-        if folder:
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as exc:
-                raise FeedError(f"{folder}: cannot create the subtitle folder ({exc.strerror or exc})") from None
-    done = {(r.source, r.frame): r for r in load_records(args.out)}  # also drops a torn last line
+    make_folders(args.vtt, args.srt)
+    to_stdout = args.out == "-"
     sources = expand_sources(args.sources)
     captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
-    captioner.resolve_options(options)
-    extra = {"model": captioner.bundle.manifest.source.model, "precision": captioner.precision}
-    try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise FeedError(f"{args.out}: cannot open for appending ({exc.strerror or exc})") from None
+    settings = feed_settings(captioner, cfg, options)
+    done: dict[tuple[str, int], FrameCaption] = {}
+    if to_stdout:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+    else:
+        if args.overwrite and os.path.isfile(args.out):
+            os.truncate(args.out, 0)
+        done = {(r.source, r.frame): r for r in load_records(args.out)}  # also drops a torn last line
+        check_resume(settings_file(args.out), bool(done), settings, args.out)
+        try:
+            write_atomic(settings_file(args.out), json.dumps(settings, indent=1).encode())
+            fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise FeedError(f"{args.out}: cannot write the output ({exc.strerror or exc})") from None
+    extra = {"model": settings["model"], "precision": settings["precision"]}
+    subtitles: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for r in done.values():
+        subtitles[r.source].append((r.pts, r.caption))
     progress = Progress(sys.stderr, quiet=args.quiet)
-    interrupted = False
+    interrupted = closed = False
     stream = run_feed(captioner, sources, cfg, options, done, progress)
     try:
         for batch in stream:
-            append_all(fd, encode_records(batch, extra))
+            append_all(fd, encode_records(batch, extra), sync=not to_stdout)
             progress.frames_written(batch)
+            for r in batch:
+                subtitles[r.source].append((r.pts, r.caption))
     except KeyboardInterrupt:
         interrupted = True
+    except BrokenPipeError:  # `edgecap feed ... --out - | head`: the reader is gone
+        closed = True
     finally:
         stream.close()
-        os.close(fd)
+        if not to_stdout:
+            os.close(fd)
         progress.close()
-    if (args.vtt or args.srt) and not interrupted:
-        write_subtitles(args.out, sources, cfg.every, args.vtt, args.srt)
-    failed = [s for s in dict.fromkeys(p.source for p in sum(progress.problems.values(), []))]
+    if (args.vtt or args.srt) and not (interrupted or closed):
+        write_subtitles(subtitles, sources, cfg.every, args.vtt, args.srt)
+    where = "stdout" if to_stdout else args.out
     if not args.quiet:
         elapsed = time.monotonic() - progress.t0
         progress._print(
-            f"feed: {progress.written} frames written to {args.out} ({progress.written - progress.repeats} captioned, "
+            f"feed: {progress.written} frames written to {where} ({progress.written - progress.repeats} captioned, "
             f"{progress.repeats} repeats), {progress.skipped} already there, {len(sources)} sources, "
             f"{elapsed:.1f} s, {progress.rate():.1f} frames/s")
+    failed = [s for s in dict.fromkeys(p.source for p in sum(progress.problems.values(), []))]
     if failed:
         progress._print(f"feed: {len(failed)} of {len(sources)} sources had problems:")
         for source in failed:
             first = progress.problems[source][0]
             more = len(progress.problems[source]) - 1
             progress._print(f"  failed: {first}" + (f" (and {more} more)" if more else ""))
+    if closed:
+        sys.stdout = open(os.devnull, "w")  # Python's exit-time flush of the dead pipe would raise again
+        progress._print("feed: stdout was closed; stopped")
+        return EXIT_INPUT_FAILED
     if interrupted:
-        progress._print(f"interrupted: finished frames are in {args.out}; rerun the same command to continue")
+        hint = "" if to_stdout else f"finished frames are in {args.out}; rerun the same command to continue"
+        progress._print("interrupted" + (f": {hint}" if hint else ""))
         return EXIT_INTERRUPTED
     return EXIT_INPUT_FAILED if failed else EXIT_OK
+
+
+def make_folders(*folders: str | None) -> None:
+    for folder in folders:
+        if folder:
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise FeedError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None

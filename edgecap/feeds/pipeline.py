@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..errors import ImageError
 from ..options import GenerationOptions
-from ..preprocess import preprocess_one
+from ..preprocess import PreprocessSpec, preprocess_one
 from .sources import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DEDUPE,
@@ -137,55 +137,98 @@ class _Producer(threading.Thread):
             self.put(_DONE)
 
     def run_source(self, src: FeedSource) -> None:
-        cfg, dedupe = self.cfg, self.cfg.dedupe
-        sampled = iter_sampled(src, cfg.every, cfg.fps, cfg.max_frames)
-        skipped = 0
-        ref: int | tuple[str, float] | None = None  # what a repeat repeats: a job id or an earlier run's result
-        ref_thumb: np.ndarray | None = None
-        try:
-            for item in sampled:
-                if self.stop.is_set():
-                    return
-                if isinstance(item, FeedProblem):
-                    self.put(item)
-                    continue
-                if isinstance(item, _Info):
-                    expected = None
-                    if item.duration is not None:
-                        expected = int(math.floor(item.duration / cfg.every - 1e-9)) + 1
-                    if cfg.max_frames is not None:
-                        expected = min(expected or cfg.max_frames, cfg.max_frames)
-                    self.put(_Event("start", src.name, expected))
-                    continue
-                pts = float(item.pts)
-                prev = self.done.get((src.name, item.index))
-                if prev is not None and (prev.repeat or not dedupe):
-                    skipped += 1
-                    continue
-                try:
-                    rgb = item.load()
-                except (ImageError, ValueError, OSError) as exc:
-                    self.put(FeedProblem(src.name, _where(item.index, pts), f"unreadable frame, skipped: {_exc_text(exc)}"))
-                    continue
-                thumb = thumbnail(rgb) if dedupe else None
-                if prev is not None:  # recorded by an earlier run: only the dedupe reference moves
-                    skipped += 1
-                    ref, ref_thumb = (prev.caption, prev.score), thumb
-                    continue
-                if skipped:
-                    self.put(_Event("skip", src.name, skipped))
-                    skipped = 0
-                if thumb is not None and ref_thumb is not None and ref is not None and \
-                        float(np.mean(np.abs(thumb - ref_thumb))) < dedupe:
-                    self.put(_Repeat(src.name, item.index, pts, ref))
-                    continue
+        job_ids: dict[int, int] = {}  # this source's frame index -> job id, for repeats' references
+        for item in sample_source(src, self.cfg, self.spec, self.done, self.stop):
+            if isinstance(item, SampledFrame):
                 self.next_id += 1
-                ref, ref_thumb = self.next_id, thumb
-                self.put(_Job(self.next_id, src.name, item.index, pts, preprocess_one(rgb, self.spec)))
-        finally:
+                job_ids[item.frame] = self.next_id
+                item = _Job(self.next_id, src.name, item.frame, item.pts, item.pixels)
+            elif isinstance(item, RepeatedFrame):
+                item = _Repeat(src.name, item.frame, item.pts, job_ids[item.ref] if isinstance(item.ref, int) else item.ref)
+            if not self.put(item):
+                return
+
+
+@dataclass
+class SampledFrame:
+    """A sampled frame to caption, preprocessed."""
+
+    frame: int
+    pts: float
+    pixels: np.ndarray
+
+
+@dataclass
+class RepeatedFrame:
+    """A sampled frame dedupe found unchanged: it takes the caption of the source's frame `ref`
+    (a frame index), or the (caption, score) an earlier run recorded for that frame."""
+
+    frame: int
+    pts: float
+    ref: int | tuple[str, float]
+
+
+def sample_source(
+    src: FeedSource,
+    cfg: FeedConfig,
+    spec: PreprocessSpec,
+    done: dict[tuple[str, int], FrameCaption] | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[SampledFrame | RepeatedFrame | FeedProblem | _Event]:
+    """One source's sampled frames in time order, deduped and preprocessed (the decode stage).
+
+    Also yields its problems, a "start" event (expected sample count, or None) and "skip" events
+    counting frames `done` already holds. Shared by `run_feed`'s decoder thread and the Ray read tasks.
+    """
+    done = done or {}
+    dedupe = cfg.dedupe
+    sampled = iter_sampled(src, cfg.every, cfg.fps, cfg.max_frames)
+    skipped = 0
+    ref: int | tuple[str, float] | None = None  # what a repeat repeats: a frame index or an earlier run's result
+    ref_thumb: np.ndarray | None = None
+    try:
+        for item in sampled:
+            if stop is not None and stop.is_set():
+                return
+            if isinstance(item, FeedProblem):
+                yield item
+                continue
+            if isinstance(item, _Info):
+                expected = None
+                if item.duration is not None:
+                    expected = int(math.floor(item.duration / cfg.every - 1e-9)) + 1
+                if cfg.max_frames is not None:
+                    expected = min(expected or cfg.max_frames, cfg.max_frames)
+                yield _Event("start", src.name, expected)
+                continue
+            pts = float(item.pts)
+            prev = done.get((src.name, item.index))
+            if prev is not None and (prev.repeat or not dedupe):
+                skipped += 1
+                continue
+            try:
+                rgb = item.load()
+            except (ImageError, ValueError, OSError) as exc:
+                yield FeedProblem(src.name, _where(item.index, pts), f"unreadable frame, skipped: {_exc_text(exc)}")
+                continue
+            thumb = thumbnail(rgb) if dedupe else None
+            if prev is not None:  # recorded by an earlier run: only the dedupe reference moves
+                skipped += 1
+                ref, ref_thumb = (prev.caption, prev.score), thumb
+                continue
             if skipped:
-                self.put(_Event("skip", src.name, skipped))
-            sampled.close()
+                yield _Event("skip", src.name, skipped)
+                skipped = 0
+            if thumb is not None and ref_thumb is not None and ref is not None and \
+                    float(np.mean(np.abs(thumb - ref_thumb))) < dedupe:
+                yield RepeatedFrame(item.index, pts, ref)
+                continue
+            ref, ref_thumb = item.index, thumb
+            yield SampledFrame(item.index, pts, preprocess_one(rgb, spec))
+        if skipped:
+            yield _Event("skip", src.name, skipped)
+    finally:
+        sampled.close()
 
 
 def run_feed(

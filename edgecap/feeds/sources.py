@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +40,7 @@ class FrameCaption:
 
 @dataclass(frozen=True)
 class FeedSource:
-    name: str  # as recorded in the output ("source")
+    name: str  # as recorded in the output ("source"): the resolved path, so any cwd finds it again
     kind: str  # "video" or "frames"
     paths: tuple[str, ...]  # one video file, or the frame images in order
     problem: str | None = None  # set when the source cannot be used at all (not found...)
@@ -62,9 +63,22 @@ def _ext(path: str) -> str:
     return os.path.splitext(path)[1].lower()
 
 
+def resolve_name(pattern: str) -> str:
+    """The absolute, symlink-free form of a path or glob pattern (the part before the first wildcard).
+
+    Sources are recorded and matched under this name: `clip.mp4` typed in `cam1/` and `cam1/clip.mp4`
+    typed one level up are the same source, and resume finds it from any working directory.
+    """
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        if glob.has_magic(part):
+            return os.path.join(os.path.realpath(os.path.join(*parts[:i]) if i else os.curdir), *parts[i:])
+    return os.path.realpath(pattern)
+
+
 def _dir_sources(path: str) -> list[FeedSource]:
-    name = os.path.normpath(path)
-    files = sorted(str(p) for p in Path(path).iterdir() if p.is_file())
+    name = resolve_name(path)
+    files = sorted(os.path.join(name, p.name) for p in Path(name).iterdir() if p.is_file())
     images = [f for f in files if _ext(f) in IMAGE_EXTENSIONS]
     if images:
         return [FeedSource(name, "frames", tuple(images))]
@@ -87,7 +101,7 @@ def expand_sources(patterns: str | os.PathLike | Sequence[str | os.PathLike]) ->
         if os.path.isdir(pattern):
             out += _dir_sources(pattern)
         elif os.path.isfile(pattern):
-            path = os.path.normpath(pattern)
+            path = resolve_name(pattern)
             out.append(FeedSource(path, "frames" if _ext(path) in IMAGE_EXTENSIONS else "video", (path,)))
         elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
@@ -96,15 +110,29 @@ def expand_sources(patterns: str | os.PathLike | Sequence[str | os.PathLike]) ->
                 if os.path.isdir(m):
                     out += _dir_sources(m)
                 elif os.path.isfile(m) and m not in images:
-                    out.append(FeedSource(os.path.normpath(m), "video", (m,)))
+                    out.append(FeedSource(resolve_name(m), "video", (resolve_name(m),)))
             if images:
-                out.append(FeedSource(pattern, "frames", tuple(images)))
+                out.append(FeedSource(resolve_name(pattern), "frames", tuple(map(resolve_name, images))))
             if not matches:
-                out.append(FeedSource(pattern, "video", (), "no files match this pattern"))
+                out.append(FeedSource(resolve_name(pattern), "video", (), "no files match this pattern"))
         else:
-            out.append(FeedSource(pattern, "video", (), "file not found"))
+            out.append(FeedSource(resolve_name(pattern), "video", (), "file not found"))
     seen: set[str] = set()
     return [s for s in out if not (s.name in seen or seen.add(s.name))]
+
+
+def relative_layout(sources: Sequence[FeedSource]) -> dict[str, str]:
+    """Each source's path relative to the deepest folder that holds them all, file extension kept.
+
+    `/a/cam1/clip.mp4` and `/a/cam2/clip.mp4` -> `cam1/clip.mp4`, `cam2/clip.mp4`; a single source is
+    its own file name; a frame folder is its folder name. Wildcards of a glob source become `_`.
+    Per-source outputs (subtitles, the Ray path's result files) are named from this, so two sources
+    can never share an output and the layout mirrors the archive's.
+    """
+    if not sources:
+        return {}
+    root = os.path.commonpath([os.path.dirname(s.name) for s in sources])
+    return {s.name: re.sub(r"[*?\[\]]", "_", os.path.relpath(s.name, root)) for s in sources}
 
 
 # --- readers: (index, pts, loader) per decoded frame ------------------------------------------
