@@ -105,6 +105,23 @@ class OrtEncoder:
         return dict(zip(self.output_names, outs))
 
 
+CACHE_MIN = 16
+
+
+def cache_bucket(needed: int, max_steps: int) -> int:
+    """Cache slots for `needed` tokens: the next power of two from CACHE_MIN, capped at max_steps.
+
+    A step's attention then costs what the tokens so far need (step 10 of a 3,584-token limit
+    attends over 16 slots, not 3,584), and the few sizes keep shape-specialised backends
+    (TensorRT profiles, CUDA graphs) to a handful of shapes. Growing copies the cache once per
+    doubling: O(total) copying over a caption.
+    """
+    size = CACHE_MIN
+    while size < needed:
+        size *= 2
+    return max(1, min(size, max_steps))
+
+
 class OrtStepDecoder:
     """A `decoding.StepModel` over the decoder-step graph with a fixed-length, reused cache.
 
@@ -140,18 +157,32 @@ class OrtStepDecoder:
         # Beams share their image's cross K/V: the graph attends with all of an image's beams at
         # once, so nothing is copied per beam (and nothing is ever recomputed).
         self.cross = {k: np.ascontiguousarray(v) for k, v in self._encoded.items()}
+        self.max_steps = max(1, max_steps)
+        cache_len = cache_bucket(1, self.max_steps)
+        if not self._keys or self._keys[0].shape[0] != n or self._keys[0].shape[-1] != cache_len:
+            self._allocate(n, cache_len)
+        else:
+            self._bind()  # new cross K/V
+        self._filled = 0
+
+    def _allocate(self, n: int, cache_len: int, keep: int = 0) -> None:
+        """(Re)allocate the cache for n rows and cache_len slots, keeping the first `keep` slots, and bind."""
         h, d = self.arch.decoder_heads, self.arch.head_dim
-        cache_len = max(1, max_steps)
-        if not self._keys or self._keys[0].shape != (n, h, d, cache_len):
-            # reallocated only when the batch x beams or the caption length changes
-            self._keys = [np.zeros((n, h, d, cache_len), self.cache_dtype) for _ in range(self.layers)]
-            self._values = [np.zeros((n, h, cache_len, d), self.cache_dtype) for _ in range(self.layers)]
+        keys = [np.zeros((n, h, d, cache_len), self.cache_dtype) for _ in range(self.layers)]
+        values = [np.zeros((n, h, cache_len, d), self.cache_dtype) for _ in range(self.layers)]
+        for i in range(min(self.layers, len(self._keys)) if keep else 0):
+            keys[i][..., :keep] = self._keys[i][..., :keep]
+            values[i][:, :, :keep] = self._values[i][:, :, :keep]
+        self._keys, self._values = keys, values
+        if getattr(self, "_logits", None) is None or self._logits.shape[0] != n:
             self._new_keys = [np.empty((n, h, d, 1), self.cache_dtype) for _ in range(self.layers)]
             self._new_values = [np.empty((n, h, 1, d), self.cache_dtype) for _ in range(self.layers)]
             self._logits = np.empty((n, self.arch.vocab_size), np.float32)
             self._ids = np.zeros((n, 1), np.int64)
             self._step = np.zeros(1, np.int64)
-        self._filled = 0
+        self._bind()
+
+    def _bind(self) -> None:
         self._feeds = {**self.cross, mf.INPUT_IDS: self._ids, mf.STEP: self._step}
         for i in range(self.layers):
             self._feeds[mf.past_key(i)] = self._keys[i]
@@ -172,6 +203,9 @@ class OrtStepDecoder:
             self._bound.append(value)
 
     def step(self, tokens: np.ndarray, step: int) -> np.ndarray:
+        if step >= self._keys[0].shape[-1] and step < self.max_steps:
+            # Grow to the next bucket: a step attends over the slots it has, not max_new_tokens'.
+            self._allocate(len(self._ids), cache_bucket(step + 1, self.max_steps), keep=self._filled)
         self._ids[:, 0] = tokens
         self._step[0] = step
         self.session.run_with_iobinding(self._binding)

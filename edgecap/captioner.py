@@ -17,8 +17,8 @@ import numpy as np
 from . import decoding
 from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
 from .bundle import Bundle, load_bundle
-from .errors import BundleError
-from .options import GenerationOptions, ResolvedOptions
+from .errors import BundleError, OptionsError
+from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
 from .preprocess import ImageSource, PreprocessSpec, preprocess
 from .text import Detokenizer
 
@@ -118,6 +118,15 @@ class Captioner:
                 return p
         return bundle.precisions[0]
 
+    def __repr__(self) -> str:
+        # what a notebook or a log line needs to tell captioners apart; getattr: a half-built one too
+        bundle = getattr(self, "bundle", None)
+        src = bundle.manifest.source if bundle is not None else None
+        families = f"{src.encoder_type}+{src.decoder_type}" if src is not None else None
+        return (f"Captioner(bundle={str(bundle.path) if bundle is not None else None!r}, "
+                f"precision={getattr(self, 'precision', None)!r}, backend={getattr(self, 'backend', None)!r}, "
+                f"families={families!r})")
+
     @property
     def generation_defaults(self):
         return self.bundle.manifest.generation
@@ -142,38 +151,43 @@ class Captioner:
         return decoding.decode(self._decoder, batch, opts)
 
     def resolve_options(self, options: GenerationOptions | None = None) -> ResolvedOptions:
-        return (options or GenerationOptions()).resolve(self.generation_defaults)
+        """Options with the bundle's defaults filled in, checked against this model (OptionsError,
+        a ValueError, names what is wrong)."""
+        arch = self.bundle.manifest.architecture
+        opts = (options or GenerationOptions()).resolve(
+            self.generation_defaults, encode=self.encode_text, max_positions=arch.max_positions
+        )
+        bad = [t for seq in (*opts.bad_words_ids, opts.decoder_input_ids) for t in seq if t >= arch.vocab_size]
+        if bad:
+            raise OptionsError(f"token id(s) {sorted(set(bad))[:5]} are beyond this model's vocabulary of {arch.vocab_size}")
+        return opts
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens (how a text prompt is fed)."""
+        return self.detokenize.tokenizer.encode(text, add_special_tokens=False).ids
 
     # --- all together -------------------------------------------------------------------------
 
     def caption(
         self,
         images: Sequence[ImageSource] | ImageSource,
-        num_beams: int | None = None,
-        max_new_tokens: int | None = None,
-        min_new_tokens: int | None = None,
-        length_penalty: float | None = None,
-        no_repeat_ngram_size: int | None = None,
-        early_stopping: bool | str | None = None,
-        num_return_sequences: int | None = None,
         options: GenerationOptions | None = None,
         batch_size: int = 8,
+        **generation_kwargs,
     ) -> list[Caption]:
         """Caption images (paths, PIL images or HxWx3 uint8 arrays, any mix): one `Caption` each.
 
-        Keyword options left as None take `options`' value, then the bundle's default.
+        `generation_kwargs` are generate()'s names, the fields of `GenerationOptions` (num_beams,
+        max_new_tokens, min_new_tokens, length_penalty, no_repeat_ngram_size, early_stopping,
+        num_return_sequences, prompt_ids, prompt, bad_words_ids); those left as None take `options`'
+        value, then the bundle's default. With a prompt, `token_ids` and `text` are what follows it.
         """
+        unknown = sorted(set(generation_kwargs) - set(OPTION_NAMES))
+        if unknown:
+            raise OptionsError(f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}")
         if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]
-        opts = (options or GenerationOptions()).merged(
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            length_penalty=length_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            early_stopping=early_stopping,
-            num_return_sequences=num_return_sequences,
-        )
+        opts = (options or GenerationOptions()).merged(**generation_kwargs)
         self.resolve_options(opts)  # fail on bad options before any work
         out: list[Caption] = []
         images = list(images)

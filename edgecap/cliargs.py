@@ -27,6 +27,26 @@ def parse_early_stopping(text: str) -> bool | str:
     return value
 
 
+def parse_id_lists(text: str) -> list[list[int]]:
+    """generate()'s bad_words_ids as JSON: [[12], [7, 9]]."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(s, list) and s and all(isinstance(t, int) for t in s) for s in value):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of lists of token ids, e.g. [[12], [7, 9]], got {text!r}")
+    return value
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token ids separated by commas, got {text!r}") from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--bundle", metavar="DIR", help="bundle directory from `edgecap export` (default: the bundled demo model)")
@@ -48,6 +68,16 @@ def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -
     g.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="forbid repeating n-grams of this size")
     g.add_argument("--early-stopping", type=parse_early_stopping, metavar="{true,false,never}",
                    help="beam search: when to stop (as in generate())")
+    prompt = g.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", metavar="TEXT",
+                        help="decoder prompt, tokenized without special tokens (Donut: the task, e.g. "
+                        "'<s_cord-v2>' or '<s_docvqa><s_question>what is the total?</s_question><s_answer>'); "
+                        "outputs are what follows it")
+    prompt.add_argument("--prompt-ids", type=parse_ids, metavar="IDS",
+                        help="decoder prompt as token ids, e.g. 57579,57580 (fed after the decoder start token, "
+                        "as generate(decoder_input_ids=...))")
+    g.add_argument("--bad-words-ids", type=parse_id_lists, metavar="JSON",
+                   help="token sequences never to generate, e.g. '[[3], [17, 42]]' (default: the bundle's)")
     if alternatives:
         g.add_argument("--num-return-sequences", type=int, metavar="N",
                        help="beam search: also report the N-1 next-best outputs")
@@ -63,4 +93,7 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         early_stopping=args.early_stopping,
         num_return_sequences=getattr(args, "num_return_sequences", None),
+        prompt=args.prompt,
+        prompt_ids=args.prompt_ids,
+        bad_words_ids=args.bad_words_ids,
     )

@@ -64,21 +64,38 @@ def _banned_ngram_tokens(seq: np.ndarray, n: int) -> list[int]:
     return [toks[i + n - 1] for i in range(cur_len - n + 1) if tuple(toks[i : i + n - 1]) == prefix]
 
 
+def _apply_bad_words(scores: np.ndarray, seqs: np.ndarray, bad_words: tuple[tuple[int, ...], ...]) -> None:
+    """transformers' NoBadWordsLogitsProcessor: a banned sequence's last token is forbidden where the
+    sequence so far ends with the rest of it (single tokens: always)."""
+    for seq in bad_words:
+        if len(seq) == 1:
+            scores[:, seq[0]] = -np.inf
+            continue
+        prefix = np.asarray(seq[:-1], dtype=seqs.dtype)
+        if len(prefix) > seqs.shape[1]:
+            continue
+        rows = (seqs[:, seqs.shape[1] - len(prefix):] == prefix).all(axis=1)
+        scores[rows, seq[-1]] = -np.inf
+
+
 def process_scores(scores: np.ndarray, seqs: np.ndarray, opts: ResolvedOptions) -> np.ndarray:
     """Apply the logits processors `generate()` builds from these options (in place).
 
-    seqs: [rows, cur_len] including the decoder start token.
+    seqs: [rows, cur_len] including the decoder start token and any prompt.
     """
-    new_tokens = seqs.shape[1] - 1
+    new_tokens = seqs.shape[1] - opts.prompt_len
     if opts.no_repeat_ngram_size > 0:
         for r in range(seqs.shape[0]):
             banned = _banned_ngram_tokens(seqs[r], opts.no_repeat_ngram_size)
             if banned:
                 scores[r, banned] = -np.inf
+    if opts.bad_words_ids:
+        _apply_bad_words(scores, seqs, opts.bad_words_ids)
     if new_tokens < opts.min_new_tokens and opts.eos_token_ids:
         scores[:, list(opts.eos_token_ids)] = -np.inf
-    # forced tokens come last in transformers' processor list and overwrite every score
-    if opts.forced_bos_token_id is not None and new_tokens == 0:
+    # forced tokens come last in transformers' processor list and overwrite every score; the forced
+    # BOS only when the decoder input is the start token alone (ForcedBOSTokenLogitsProcessor: cur_len 1)
+    if opts.forced_bos_token_id is not None and seqs.shape[1] == 1:
         scores[:] = -np.inf
         scores[:, opts.forced_bos_token_id] = 0.0
     if opts.forced_eos_token_ids and new_tokens == opts.max_new_tokens - 1:
@@ -91,13 +108,15 @@ def greedy(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hyp
     """Greedy decoding; score = sum of the chosen tokens' log-probabilities (after processors)."""
     eos = np.array(opts.eos_token_ids, dtype=np.int64)
     pad = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
-    model.begin(np.arange(batch), opts.max_new_tokens)
-    seqs = np.full((batch, 1 + opts.max_new_tokens), pad, dtype=np.int64)
-    seqs[:, 0] = opts.decoder_start_token_id
+    p = opts.prompt_len
+    model.begin(np.arange(batch), p + opts.max_new_tokens - 1)
+    seqs = np.full((batch, p + opts.max_new_tokens), pad, dtype=np.int64)
+    seqs[:, :p] = opts.decoder_input_ids
+    prefill(model, seqs, p)
     lengths = np.zeros(batch, dtype=np.int64)
     scores = np.zeros(batch, dtype=np.float32)
     unfinished = np.ones(batch, dtype=bool)
-    for t in range(opts.max_new_tokens):
+    for t in range(p - 1, p - 1 + opts.max_new_tokens):
         logits = model.step(seqs[:, t], t)  # the decoder's own copy: processed in place
         processed = process_scores(logits.astype(np.float32, copy=False), seqs[:, : t + 1], opts)
         nxt, logp = _argmax_logprob(processed)
@@ -108,7 +127,15 @@ def greedy(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hyp
         unfinished &= ~np.isin(nxt, eos)
         if not unfinished.any():
             break
-    return [[Hypothesis(tuple(seqs[b, 1 : 1 + lengths[b]].tolist()), float(scores[b]))] for b in range(batch)]
+    return [[Hypothesis(tuple(seqs[b, p : p + lengths[b]].tolist()), float(scores[b]))] for b in range(batch)]
+
+
+def prefill(model: StepModel, seqs: np.ndarray, prompt_len: int) -> None:
+    """Feed the start token and the prompt but its last token, whose logits start the generation.
+    One token per step through the same step graph: a prompt is short next to the output, and a
+    second (prefill) graph would double what a bundle must hold and verify."""
+    for t in range(prompt_len - 1):
+        model.step(seqs[:, t], t)
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
@@ -143,14 +170,15 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
     eos = np.array(opts.eos_token_ids, dtype=np.int64)
     keep = max(2, 1 + len(eos)) * nb
     top_mask = np.arange(keep) < nb
-    prompt_len = 1
+    prompt_len = opts.prompt_len
     max_length = prompt_len + opts.max_new_tokens
     lp, early = opts.length_penalty, opts.early_stopping
     fill = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
 
-    model.begin(np.repeat(np.arange(batch), nb), opts.max_new_tokens)
+    model.begin(np.repeat(np.arange(batch), nb), max_length - 1)
     running = np.full((batch, nb, max_length), fill, dtype=np.int64)
-    running[:, :, 0] = opts.decoder_start_token_id
+    running[:, :, :prompt_len] = opts.decoder_input_ids
+    prefill(model, running.reshape(batch * nb, max_length), prompt_len)
     running_scores = np.zeros((batch, nb), dtype=np.float32)
     running_scores[:, 1:] = _NEG
     sequences = running.copy()
@@ -163,7 +191,7 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
 
     while True:
         flat = running[:, :, :cur_len].reshape(batch * nb, cur_len)
-        logits = model.step(flat[:, -1], cur_len - prompt_len)
+        logits = model.step(flat[:, -1], cur_len - 1)
         logp = process_scores(log_softmax(logits), flat, opts)
         vocab = logp.shape[-1]
         acc = (logp.reshape(batch, nb, vocab) + running_scores[:, :, None]).reshape(batch, nb * vocab)
@@ -215,7 +243,7 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
         hyps = []
         for j in range(opts.num_return_sequences):
             n = int(seq_lens[b, j])
-            hyps.append(Hypothesis(tuple(sequences[b, j, 1 : 1 + n].tolist()), float(beam_scores[b, j])))
+            hyps.append(Hypothesis(tuple(sequences[b, j, prompt_len : prompt_len + n].tolist()), float(beam_scores[b, j])))
         out.append(hyps)
     return out
 

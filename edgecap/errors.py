@@ -24,5 +24,6 @@ class UnsupportedModelError(EdgecapError):
     """A model family (encoder or decoder type) that edgecap cannot export or run."""
 
 
-class OptionsError(EdgecapError):
-    """Generation or runtime options that contradict each other or the bundle."""
+class OptionsError(EdgecapError, ValueError):
+    """Generation or runtime options that contradict each other or the bundle (a ValueError too,
+    as Python callers expect of a bad argument)."""

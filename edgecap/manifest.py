@@ -25,7 +25,10 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT = "edgecap-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 2 added optional fields only (prompts, word bans, the encoder's token grid, attention
+# variants), so version 1 bundles still load; an older edgecap refuses version 2 by its number.
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 
 # --- tensor names (the graph signatures) -------------------------------------------------
@@ -112,6 +115,10 @@ class Architecture:
     max_positions: int  # longest decoder sequence the position embeddings allow (incl. start token)
     encoder_flops: int  # per image, cross K/V projection included (for the bench's floor estimate)
     decoder_step_params: int  # weights one decoder step must read (embedding tables excluded)
+    # Where the encoder's output tokens sit in the image (for attention maps): `encoder_prefix_tokens`
+    # class/distillation tokens first, then a rows x columns grid of patches (Swin: its last stage).
+    encoder_grid: list[int] | None = None
+    encoder_prefix_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,13 @@ class Generation:
     num_return_sequences: int
     forced_bos_token_id: int | None = None  # forced as the first generated token (mBART-style)
     forced_eos_token_ids: list[int] = field(default_factory=list)  # forced as the last one at max length
+    # generate()'s bad_words_ids: token sequences that may never be generated
+    bad_words_ids: list[list[int]] = field(default_factory=list)
+    # A prompt the model always wants after the start token (e.g. a task token), when its config has one
+    prompt_ids: list[int] = field(default_factory=list)
+    # generate(decoder_input_ids=...) puts the decoder start token before a prompt, except for Donut
+    # checkpoints, whose prompt is the whole decoder input (transformers PR #31470)
+    prompt_includes_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,10 +210,10 @@ class Manifest:
         fmt, version = data.get("format"), data.get("format_version")
         if fmt != FORMAT:
             raise BundleError(f"{where}: not an edgecap bundle manifest (format={fmt!r})")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise BundleError(
-                f"{where}: bundle format version {version!r}, this edgecap reads version {FORMAT_VERSION}; "
-                "re-export the model with this edgecap version"
+                f"{where}: bundle format version {version!r}, this edgecap reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the model with this edgecap version"
             )
         return _build(cls, data, where)
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Callable, Sequence
 
 from .errors import OptionsError
 from .manifest import Generation
@@ -20,15 +21,37 @@ class GenerationOptions:
     no_repeat_ngram_size: int | None = None
     early_stopping: bool | str | None = None
     num_return_sequences: int | None = None
+    # Decoder prompt: ids fed after the decoder start token (generate(decoder_input_ids=...)), or
+    # text tokenized without special tokens. Outputs are what follows the prompt.
+    prompt_ids: Sequence[int] | None = None
+    prompt: str | None = None
+    bad_words_ids: Sequence[Sequence[int]] | None = None  # generate()'s: sequences never generated
 
     def merged(self, **overrides) -> "GenerationOptions":
         """A copy with the non-None `overrides` applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
-    def resolve(self, defaults: Generation) -> "ResolvedOptions":
+    def resolve(self, defaults: Generation, encode: Callable[[str], list[int]] | None = None,
+                max_positions: int | None = None) -> "ResolvedOptions":
+        """Options with the bundle's defaults filled in and checked. `encode` tokenizes a text
+        prompt; `max_positions` is the decoder's position limit (Architecture.max_positions)."""
         def pick(name: str):
             value = getattr(self, name)
             return getattr(defaults, name) if value is None else value
+
+        if self.prompt is not None and self.prompt_ids is not None:
+            raise OptionsError("give prompt or prompt_ids, not both")
+        if self.prompt is not None:
+            if encode is None:
+                raise OptionsError("a text prompt needs the bundle's tokenizer")
+            prompt = tuple(encode(self.prompt))
+        else:
+            prompt = tuple(int(t) for t in pick("prompt_ids"))
+        start = defaults.decoder_start_token_id
+        if defaults.prompt_includes_start and prompt:
+            decoder_input = prompt
+        else:  # generate() adds the start token unless the prompt already begins with it
+            decoder_input = prompt if prompt and prompt[0] == start else (start, *prompt)
 
         opts = ResolvedOptions(
             num_beams=int(pick("num_beams")),
@@ -38,7 +61,10 @@ class GenerationOptions:
             no_repeat_ngram_size=int(pick("no_repeat_ngram_size")),
             early_stopping=pick("early_stopping"),
             num_return_sequences=int(pick("num_return_sequences")),
-            decoder_start_token_id=defaults.decoder_start_token_id,
+            decoder_start_token_id=start,
+            decoder_input_ids=decoder_input,
+            bad_words_ids=_bad_words(pick("bad_words_ids"), defaults.eos_token_ids),
+            max_positions=max_positions,
             eos_token_ids=tuple(defaults.eos_token_ids),
             pad_token_id=defaults.pad_token_id,
             forced_bos_token_id=defaults.forced_bos_token_id,
@@ -62,6 +88,18 @@ class ResolvedOptions:
     pad_token_id: int | None
     forced_bos_token_id: int | None = None
     forced_eos_token_ids: tuple[int, ...] = ()
+    decoder_input_ids: tuple[int, ...] = ()  # start token and prompt: what the decoder is fed first
+    bad_words_ids: tuple[tuple[int, ...], ...] = ()
+    max_positions: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.decoder_input_ids:
+            object.__setattr__(self, "decoder_input_ids", (self.decoder_start_token_id,))
+
+    @property
+    def prompt_len(self) -> int:
+        """Tokens before the first generated one (start token included)."""
+        return len(self.decoder_input_ids)
 
     def check(self) -> None:
         if self.num_beams < 1:
@@ -78,6 +116,29 @@ class ResolvedOptions:
             raise OptionsError(
                 f"num_return_sequences ({self.num_return_sequences}) must be between 1 and num_beams ({self.num_beams})"
             )
+        # The decoder is fed the prompt and every generated token but the last: each needs a position.
+        fed = self.prompt_len + self.max_new_tokens - 1
+        if self.max_positions is not None and fed > self.max_positions:
+            room = self.max_positions - self.prompt_len + 1
+            prompt = f" after a {self.prompt_len - 1}-token prompt" if self.prompt_len > 1 else ""
+            raise OptionsError(
+                f"max_new_tokens {self.max_new_tokens} is beyond this model's limit{prompt}: its decoder has "
+                f"{self.max_positions} positions, so at most {max(room, 0)} new tokens"
+            )
+
+
+def _bad_words(value, eos_ids: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """generate()'s bad_words_ids, checked; single-token bans of an eos token are dropped, as
+    transformers' NoBadWordsLogitsProcessor does."""
+    if not value:
+        return ()
+    try:
+        seqs = tuple(tuple(int(t) for t in seq) for seq in value)
+    except (TypeError, ValueError):
+        raise OptionsError(f"bad_words_ids must be a list of lists of token ids, got {value!r}") from None
+    if any(not seq or min(seq) < 0 for seq in seqs):
+        raise OptionsError(f"bad_words_ids must hold non-empty lists of token ids >= 0, got {value!r}")
+    return tuple(seq for seq in seqs if not (len(seq) == 1 and seq[0] in eos_ids))
 
 
 OPTION_NAMES = tuple(f.name for f in fields(GenerationOptions))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class ExportOptions:
     eval_images: tuple[str, ...] = ()  # images for the precision gate; default: synthetic (evalimages.py)
     calibration_images: tuple[str, ...] = ()  # int8-qdq activation ranges; default: 16 evaluation images
     int4_block_size: int = 32
+    force: bool = False  # replace an existing bundle at outdir (only once the new one is verified)
 
 
 def _library_versions() -> dict[str, str]:
@@ -65,14 +67,40 @@ def _library_versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__}
 
 
+# huggingface_hub's repo id form: "name" or "namespace/name" (what a missing local path is not)
+_HUB_ID = re.compile(r"^(?![-.])[\w.-]{1,96}(?<![-.])(/(?![-.])[\w.-]{1,96}(?<![-.]))?$")
+
+
+def _check_model_source(model: str) -> None:
+    """Fail with the user's own terms (a missing directory) before transformers says "repo id"."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ExportError(f"{model}: no config.json in this directory (not a saved Hugging Face checkpoint: "
+                              "save one with model.save_pretrained(DIR))")
+    elif path.exists():
+        raise ExportError(f"{model}: not a directory (MODEL is a checkpoint directory or a hub id)")
+    elif not _HUB_ID.match(model) or "--" in model or ".." in model:
+        raise ExportError(f"{model}: directory not found")
+
+
+def _tokenizer_help(model: str, why: str) -> str:
+    return (f"{model}: export needs a fast tokenizer saved as tokenizer.json (the `tokenizers` file the runtime "
+            f"reads), {why}; write one into the checkpoint with: python -c \"from transformers import AutoTokenizer; "
+            f"AutoTokenizer.from_pretrained('SOURCE', use_fast=True).save_pretrained('{model}')\" where SOURCE is "
+            "the checkpoint's original tokenizer (its hub id or directory)")
+
+
 def load_model(model: str):
     """The model, its tokenizer and its image processor config (local directory or hub id)."""
     from transformers import AutoConfig, AutoTokenizer, VisionEncoderDecoderModel
 
+    _check_model_source(model)
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise ExportError(f"{model}: cannot read a model config ({str(exc).splitlines()[0]})") from None
+        where = "no such directory, and the hub did not provide it" if not Path(model).exists() else "cannot read a model config"
+        raise ExportError(f"{model}: {where} ({str(exc).splitlines()[0]})") from None
     if config.model_type != "vision-encoder-decoder":
         raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder'")
     families.check_supported(config.encoder.model_type, config.decoder.model_type)
@@ -83,9 +111,9 @@ def load_model(model: str):
     except (OSError, ValueError) as exc:
         tokenizer = _plain_fast_tokenizer(Path(model))
         if tokenizer is None:
-            raise ExportError(f"{model}: no usable tokenizer ({str(exc).splitlines()[0]})") from None
+            raise ExportError(_tokenizer_help(model, f"and none could be loaded ({str(exc).splitlines()[0]})")) from None
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise ExportError(f"{model}: the tokenizer has no `tokenizers` (fast) backend, which the runtime needs")
+        raise ExportError(_tokenizer_help(model, f"but it has only a slow {type(tokenizer).__name__}"))
     proc_cfg = _read_processor_config(model)
     return hf_model, tokenizer, proc_cfg
 
@@ -137,7 +165,7 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
     max_new = gen.max_new_tokens if gen.max_new_tokens is not None else (gen.max_length or 20) - 1
     min_new = max(gen.min_new_tokens or 0, (gen.min_length or 0) - 1, 0)
     ignored = [k for k in ("repetition_penalty", "suppress_tokens",
-                           "begin_suppress_tokens", "bad_words_ids") if getattr(gen, k, None) not in (None, 1.0, [])]
+                           "begin_suppress_tokens") if getattr(gen, k, None) not in (None, 1.0, [])]
     if ignored:
         log.warning("generation config sets %s, which edgecap does not reproduce", ", ".join(ignored))
     return mf.Generation(
@@ -154,6 +182,10 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
         num_return_sequences=int(gen.num_return_sequences or 1),
         forced_bos_token_id=None if gen.forced_bos_token_id is None else int(gen.forced_bos_token_id),
         forced_eos_token_ids=_id_list(gen.forced_eos_token_id),
+        bad_words_ids=[[int(t) for t in seq] for seq in (getattr(gen, "bad_words_ids", None) or [])],
+        # transformers' generate() keeps a Donut prompt as the whole decoder input (no start token
+        # before it): the same rule, recorded so the runtime needs no family knowledge
+        prompt_includes_start="donut" in cfg.encoder.model_type,
     )
 
 
@@ -221,8 +253,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     options = options or ExportOptions()
     _check_precisions(options.precisions)
     out = Path(outdir)
-    if out.exists() and any(out.iterdir()):
-        raise ExportError(f"{out}: exists and is not empty; choose a new directory or remove it")
+    _check_outdir(out, options.force)
     hf_model, tokenizer, proc_cfg = load_model(model)
     cfg = hf_model.config
     try:
@@ -252,7 +283,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         calib_pixels = eval_pixels[:16]
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = _partial_dir(out)
     try:
         log.info("building fp32 graphs for %s + %s", cfg.encoder.model_type, cfg.decoder.model_type)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
@@ -281,6 +312,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 max_positions=dec.max_positions,
                 encoder_flops=enc.flops(dec),
                 decoder_step_params=dec.step_params(),
+                encoder_grid=list(enc.grid),
+                encoder_prefix_tokens=enc.prefix_count,
             ),
             preprocess=spec.to_dict(),
             generation=gen,
@@ -324,9 +357,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             reports[prec] = rep
         manifest = mf.Manifest(**{**manifest.__dict__, "graphs": pairs, "verification": reports})
         _write_manifest(tmp, manifest)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -336,6 +367,60 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             f"{out}: written without {', '.join(refused)} (failed the quality gate, see above); "
             "pass --allow-partial to accept that, or --eval-images DIR with your own images", out, refused)
     return out
+
+
+def _check_outdir(out: Path, force: bool) -> None:
+    """OUTDIR must be new or empty; with `force`, an existing bundle (never any other directory)."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise ExportError(f"{out}: exists and is not empty; choose a new directory, or pass --force to replace "
+                          "the bundle there once the new one is verified")
+    if not (out / mf.MANIFEST_FILE).is_file():
+        # --force deletes: a typo must not cost a directory that was never a bundle
+        raise ExportError(f"{out}: not an edgecap bundle (no {mf.MANIFEST_FILE}); --force only replaces bundles, "
+                          "remove the directory yourself if you mean it")
+
+
+def _partial_dir(out: Path) -> Path:
+    """A new hidden sibling of `out` to build in, created as mkdir would (mode 0777 less the umask).
+
+    Not tempfile.mkdtemp: its 0700 would become the bundle's own mode, unreadable to the service
+    or container that runs it under another uid.
+    """
+    out = Path(os.path.abspath(out))  # "." has no name to derive one from
+    while True:
+        tmp = out.with_name(f".{out.name}.partial-{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished bundle to `out`. An old bundle there (--force) is renamed aside first and
+    deleted only after the new one is in place, so no failure leaves neither."""
+    out, old = Path(os.path.abspath(out)), None
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()
+    elif out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.replaced-{secrets.token_hex(4)}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    elif old is not None:
+        old.unlink()
 
 
 def _gate(rep: mf.Verification, min_agreement: float) -> str | None:

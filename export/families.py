@@ -1,43 +1,22 @@
-"""Model families: one registry entry per encoder or decoder type.
+"""Model families: which encoders and decoders edgecap exports, and the first few of them.
 
-Each entry turns a Hugging Face sub-module into the family-neutral weights of `weights.py`.
-Adding a family is one function plus `@register_encoder("type")` and its parity tests
-(onnxruntime-genai's 34-branch if/elif dispatch is what this avoids).
+Every family is a registry entry (`registry.py`); ViT/DeiT, GPT-2 and TrOCR live here, the
+others in one small module each (`family_bert`, `family_bart`, `family_swin`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from edgecap.errors import UnsupportedModelError
 
-from .weights import Attention, Decoder, DecoderLayer, Encoder, EncoderLayer, LayerNorm, Linear
-
-ENCODERS: dict[str, Callable[[Any], Encoder]] = {}
-DECODERS: dict[str, Callable[[Any], Decoder]] = {}
-
-# Activations the graph builders implement (names as in transformers' ACT2FN).
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "quick_gelu", "silu", "swish")
-
-
-def register_encoder(*model_types: str):
-    def deco(fn):
-        for t in model_types:
-            ENCODERS[t] = fn
-        return fn
-
-    return deco
-
-
-def register_decoder(*model_types: str):
-    def deco(fn):
-        for t in model_types:
-            DECODERS[t] = fn
-        return fn
-
-    return deco
+from . import family_bart, family_bert, family_swin  # noqa: F401  (they register themselves)
+from .registry import (
+    DECODERS, ENCODERS, activation, conv1d, layer_norm, linear, register_decoder, register_encoder, to_numpy,
+)
+from .weights import Attention, Decoder, DecoderLayer, Encoder, EncoderLayer, Linear
 
 
 def repair_loaded(model: Any) -> None:
@@ -55,12 +34,15 @@ def repair_loaded(model: Any) -> None:
 
 
 def check_supported(encoder_type: str, decoder_type: str) -> None:
-    """Fail at once, before any work, for a family edgecap cannot export."""
-    for kind, model_type, table in (("encoder", encoder_type, ENCODERS), ("decoder", decoder_type, DECODERS)):
-        if model_type not in table:
-            raise UnsupportedModelError(
-                f"unsupported {kind}: {model_type}; supported: {', '.join(sorted(table))}"
-            )
+    """Fail at once, before any work, naming every part edgecap cannot export."""
+    problems = [f"unsupported {kind}: {model_type}"
+                for kind, model_type, table in (("encoder", encoder_type, ENCODERS), ("decoder", decoder_type, DECODERS))
+                if model_type not in table]
+    if problems:
+        raise UnsupportedModelError(
+            f"{'; '.join(problems)}; supported encoders: {', '.join(sorted(ENCODERS))}; "
+            f"decoders: {', '.join(sorted(DECODERS))}"
+        )
 
 
 def extract(model: Any) -> tuple[Encoder, Decoder]:
@@ -71,36 +53,8 @@ def extract(model: Any) -> tuple[Encoder, Decoder]:
     decoder = DECODERS[dec_type](model.decoder)
     proj = getattr(model, "enc_to_dec_proj", None)
     if proj is not None:
-        encoder.to_decoder = _linear(proj)
+        encoder.to_decoder = linear(proj)
     return encoder, decoder
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().to("cpu").float().numpy().copy()
-
-
-def _linear(mod, scale: float = 1.0) -> Linear:
-    """nn.Linear (weight [out, in]) -> Linear ([in, out])."""
-    b = _np(mod.bias) * scale if getattr(mod, "bias", None) is not None else None
-    return Linear(np.ascontiguousarray(_np(mod.weight).T) * scale, b)
-
-
-def _conv1d(w, b, scale: float = 1.0) -> Linear:
-    """GPT-2's Conv1D already stores [in, out]."""
-    return Linear(_np(w) * scale, _np(b) * scale)
-
-
-def _ln(mod) -> LayerNorm:
-    return LayerNorm(_np(mod.weight), _np(mod.bias), float(mod.eps))
-
-
-def _act(name: str, where: str) -> str:
-    if name not in ACTIVATIONS:
-        raise UnsupportedModelError(f"{where}: unsupported activation {name!r}; supported: {', '.join(ACTIVATIONS)}")
-    return name
 
 
 # --- encoders --------------------------------------------------------------------------------
@@ -127,9 +81,9 @@ def vit_like_encoder(module) -> Encoder:
     """ViTModel / DeiTModel: patch conv, class (+ distillation) token, learned positions, pre-norm layers."""
     cfg = module.config
     emb = module.embeddings
-    prefix = [_np(emb.cls_token)[0]]
+    prefix = [to_numpy(emb.cls_token)[0]]
     if getattr(emb, "distillation_token", None) is not None:
-        prefix.append(_np(emb.distillation_token)[0])
+        prefix.append(to_numpy(emb.distillation_token)[0])
     heads = cfg.num_attention_heads
     scale = (cfg.hidden_size // heads) ** -0.5
     layers = []
@@ -137,24 +91,24 @@ def vit_like_encoder(module) -> Encoder:
         q, k, v, o, fc1, fc2 = _vit_layer_parts(layer)
         layers.append(
             EncoderLayer(
-                ln_attn=_ln(layer.layernorm_before),
-                attn=Attention(q=_linear(q, scale), k=_linear(k), v=_linear(v), o=_linear(o)),
-                ln_mlp=_ln(layer.layernorm_after),
-                fc1=_linear(fc1),
-                fc2=_linear(fc2),
-                act=_act(cfg.hidden_act, cfg.model_type),
+                ln_attn=layer_norm(layer.layernorm_before),
+                attn=Attention(q=linear(q, scale), k=linear(k), v=linear(v), o=linear(o)),
+                ln_mlp=layer_norm(layer.layernorm_after),
+                fc1=linear(fc1),
+                fc2=linear(fc2),
+                act=activation(cfg.hidden_act, cfg.model_type),
             )
         )
     size = cfg.image_size
     hw = (size, size) if isinstance(size, int) else tuple(size)
     conv = emb.patch_embeddings.projection
     return Encoder(
-        patch_w=_np(conv.weight),
-        patch_b=_np(conv.bias),
+        patch_w=to_numpy(conv.weight),
+        patch_b=to_numpy(conv.bias),
         prefix_tokens=np.concatenate(prefix, axis=0),
-        pos_emb=_np(emb.position_embeddings)[0],
+        pos_emb=to_numpy(emb.position_embeddings)[0],
         layers=layers,
-        final_ln=_ln(module.layernorm) if getattr(module, "layernorm", None) is not None else None,
+        final_ln=layer_norm(module.layernorm) if getattr(module, "layernorm", None) is not None else None,
         num_heads=heads,
         image_hw=hw,
         patch=int(cfg.patch_size),
@@ -184,42 +138,42 @@ def gpt2_decoder(module) -> Decoder:
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= float(i + 1)
         sa, ca = block.attn, block.crossattention
-        wq, wk, wv = (_np(sa.c_attn.weight)[:, j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(3))
-        bq, bk, bv = (_np(sa.c_attn.bias)[j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(3))
-        ck, cv = (_np(ca.c_attn.weight)[:, j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(2))
-        cbk, cbv = (_np(ca.c_attn.bias)[j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(2))
+        wq, wk, wv = (to_numpy(sa.c_attn.weight)[:, j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(3))
+        bq, bk, bv = (to_numpy(sa.c_attn.bias)[j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(3))
+        ck, cv = (to_numpy(ca.c_attn.weight)[:, j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(2))
+        cbk, cbv = (to_numpy(ca.c_attn.bias)[j * cfg.n_embd : (j + 1) * cfg.n_embd] for j in range(2))
         layers.append(
             DecoderLayer(
                 self_attn=Attention(
                     q=Linear(wq * scale, bq * scale),
                     k=Linear(wk, bk),
                     v=Linear(wv, bv),
-                    o=_conv1d(sa.c_proj.weight, sa.c_proj.bias),
+                    o=conv1d(sa.c_proj.weight, sa.c_proj.bias),
                 ),
                 cross_attn=Attention(
-                    q=_conv1d(ca.q_attn.weight, ca.q_attn.bias, scale),
+                    q=conv1d(ca.q_attn.weight, ca.q_attn.bias, scale),
                     k=Linear(ck, cbk),
                     v=Linear(cv, cbv),
-                    o=_conv1d(ca.c_proj.weight, ca.c_proj.bias),
+                    o=conv1d(ca.c_proj.weight, ca.c_proj.bias),
                 ),
-                ln_self=_ln(block.ln_1),
-                ln_cross=_ln(block.ln_cross_attn),
-                ln_mlp=_ln(block.ln_2),
-                fc1=_conv1d(block.mlp.c_fc.weight, block.mlp.c_fc.bias),
-                fc2=_conv1d(block.mlp.c_proj.weight, block.mlp.c_proj.bias),
-                act=_act(cfg.activation_function, "gpt2"),
+                ln_self=layer_norm(block.ln_1),
+                ln_cross=layer_norm(block.ln_cross_attn),
+                ln_mlp=layer_norm(block.ln_2),
+                fc1=conv1d(block.mlp.c_fc.weight, block.mlp.c_fc.bias),
+                fc2=conv1d(block.mlp.c_proj.weight, block.mlp.c_proj.bias),
+                act=activation(cfg.activation_function, "gpt2"),
             )
         )
     return Decoder(
-        token_emb=_np(tr.wte.weight),
-        pos_table=_np(tr.wpe.weight),
+        token_emb=to_numpy(tr.wte.weight),
+        pos_table=to_numpy(tr.wpe.weight),
         position_kind="offset",
         pos_offset=0,
         pad_idx=None,
         emb_ln=None,
         layers=layers,
-        final_ln=_ln(tr.ln_f),
-        lm_head=_linear(module.lm_head),
+        final_ln=layer_norm(tr.ln_f),
+        lm_head=linear(module.lm_head),
         num_heads=heads,
         pre_norm=True,
         max_positions=int(cfg.n_positions),
@@ -239,34 +193,34 @@ def trocr_decoder(module) -> Decoder:
         sa, ca = layer.self_attn, layer.encoder_attn
         layers.append(
             DecoderLayer(
-                self_attn=Attention(_linear(sa.q_proj, scale), _linear(sa.k_proj), _linear(sa.v_proj), _linear(sa.out_proj)),
-                cross_attn=Attention(_linear(ca.q_proj, scale), _linear(ca.k_proj), _linear(ca.v_proj), _linear(ca.out_proj)),
-                ln_self=_ln(layer.self_attn_layer_norm),
-                ln_cross=_ln(layer.encoder_attn_layer_norm),
-                ln_mlp=_ln(layer.final_layer_norm),
-                fc1=_linear(layer.fc1),
-                fc2=_linear(layer.fc2),
-                act=_act(cfg.activation_function, "trocr"),
+                self_attn=Attention(linear(sa.q_proj, scale), linear(sa.k_proj), linear(sa.v_proj), linear(sa.out_proj)),
+                cross_attn=Attention(linear(ca.q_proj, scale), linear(ca.k_proj), linear(ca.v_proj), linear(ca.out_proj)),
+                ln_self=layer_norm(layer.self_attn_layer_norm),
+                ln_cross=layer_norm(layer.encoder_attn_layer_norm),
+                ln_mlp=layer_norm(layer.final_layer_norm),
+                fc1=linear(layer.fc1),
+                fc2=linear(layer.fc2),
+                act=activation(cfg.activation_function, "trocr"),
             )
         )
     pad = cfg.pad_token_id
     if cfg.use_learned_position_embeddings:
-        pos_table, kind, offset, max_pos = _np(dec.embed_positions.weight), "offset", 2, cfg.max_position_embeddings
+        pos_table, kind, offset, max_pos = to_numpy(dec.embed_positions.weight), "offset", 2, cfg.max_position_embeddings
     else:
         # The table transformers builds lazily, sized for every position we may feed.
         rows = pad + 1 + cfg.max_position_embeddings
-        pos_table = _np(dec.embed_positions.get_embedding(rows, cfg.hidden_size, pad))
+        pos_table = to_numpy(dec.embed_positions.get_embedding(rows, cfg.hidden_size, pad))
         kind, offset, max_pos = "nonpad", 0, cfg.max_position_embeddings
     return Decoder(
-        token_emb=_np(dec.embed_tokens.weight) * np.float32(embed_scale),
+        token_emb=to_numpy(dec.embed_tokens.weight) * np.float32(embed_scale),
         pos_table=pos_table,
         position_kind=kind,
         pos_offset=offset,
         pad_idx=pad,
-        emb_ln=_ln(dec.layernorm_embedding) if getattr(dec, "layernorm_embedding", None) is not None else None,
+        emb_ln=layer_norm(dec.layernorm_embedding) if getattr(dec, "layernorm_embedding", None) is not None else None,
         layers=layers,
         final_ln=None,
-        lm_head=_linear(module.output_projection),
+        lm_head=linear(module.output_projection),
         num_heads=heads,
         pre_norm=False,
         max_positions=int(max_pos),

@@ -14,243 +14,18 @@ masked, so one TensorRT profile covers a whole caption.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from edgecap import manifest as mf
 
-from .weights import Attention, Decoder, Encoder, LayerNorm, Linear
-
-OPSET = 17
-_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
-
-
-# Precisions whose graphs this module writes itself (int4 and int8-qdq are derived from fp32 ones).
-BUILT_PRECISIONS = ("fp32", "fp16", "int8")
+from .graphbuilder import BUILT_PRECISIONS, GraphBuilder, mlp_residual, self_attention, softmax  # noqa: F401 (BUILT_PRECISIONS re-exported)
+from .swin_graph import swin_tokens
+from .weights import Decoder, Encoder, SwinEncoder
 
 
-class GraphBuilder:
-    """A thin, name-managing wrapper over onnx.helper.
-
-    precision "fp16": weights, matmuls and caches in fp16; LayerNorm, Softmax, activations and the
-    residual stream stay fp32, where fp16 overflows (TensorRT #3206, #2564: NaN/garbage from fp16
-    LayerNorm). Casts mark the boundaries, so precision lives in the graph.
-
-    precision "int8": every weight product is an int8 MatMulInteger with per-output-channel
-    symmetric weights and activations quantized *per row* (per token) at run time, so a row's
-    result never depends on the other rows of the batch: ONNX Runtime's dynamic quantization
-    (DynamicQuantizeLinear) takes one scale for the whole tensor, i.e. for every image and beam
-    together, which made captions change with the batch. Measured on the CPU provider, this form
-    is as fast as that one at every batch size (bench/RESULTS.md).
-    """
-
-    def __init__(self, name: str, precision: str = "fp32") -> None:
-        if precision not in BUILT_PRECISIONS:
-            raise ValueError(f"graphs are built in {', '.join(BUILT_PRECISIONS)}, not {precision!r}")
-        self.name = name
-        self.precision = precision
-        self.half = precision == "fp16"
-        self.kv_dtype = "float16" if self.half else "float32"
-        self._casts: dict[tuple[str, int], str] = {}
-        self._row_quant: dict[str, tuple[str, str]] = {}
-        self._renames: dict[str, str] = {}
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self.outputs: list[onnx.ValueInfoProto] = []
-        self.specs_in: list[mf.TensorSpec] = []
-        self.specs_out: list[mf.TensorSpec] = []
-        self._n = 0
-        self._consts: dict[tuple, str] = {}
-
-    def fresh(self, hint: str) -> str:
-        self._n += 1
-        return f"{hint}_{self._n}"
-
-    def input(self, name: str, dtype: str, shape: list) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
-        self.specs_in.append(mf.TensorSpec(name, dtype, list(shape)))
-        return name
-
-    def output(self, value: str, name: str, dtype: str, shape: list) -> None:
-        """Expose `value` as a graph output called `name`: renamed at build(), not copied through an
-        Identity node, each of which would cost a kernel launch per decoder step."""
-        if value in {i.name for i in self.inputs} or value in self._renames:
-            self.op("Identity", [value], outputs=[name])
-        else:
-            self._renames[value] = name
-        self.outputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
-        self.specs_out.append(mf.TensorSpec(name, dtype, list(shape)))
-
-    def weight(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def param(self, name: str, array: np.ndarray) -> str:
-        """A matmul weight or table, stored in the compute precision."""
-        return self.weight(name, array.astype(np.float16 if self.half else np.float32))
-
-    def cast(self, x: str, to: int) -> str:
-        """Cast x (once per value) to TensorProto type `to`; a no-op in fp32 graphs."""
-        if not self.half:
-            return x
-        key = (x, to)
-        if key not in self._casts:
-            self._casts[key] = self.op("Cast", [x], to=to)
-        return self._casts[key]
-
-    def to_compute(self, x: str) -> str:
-        return self.cast(x, TensorProto.FLOAT16)
-
-    def to_float(self, x: str) -> str:
-        return self.cast(x, TensorProto.FLOAT)
-
-    def const(self, value, dtype=np.int64) -> str:
-        arr = np.asarray(value, dtype=dtype)
-        key = (arr.dtype.str, arr.shape, arr.tobytes())
-        if key not in self._consts:
-            self._consts[key] = self.weight(self.fresh("const"), arr)
-        return self._consts[key]
-
-    def op(self, op_type: str, inputs: list[str], outputs: list[str] | None = None, n_out: int = 1, **attrs) -> str:
-        if outputs is None:
-            outputs = [self.fresh(op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(op_type), **attrs))
-        return outputs[0] if len(outputs) == 1 else outputs
-
-    # --- layers ----------------------------------------------------------------------------
-
-    def linear(self, x: str, lin: Linear, prefix: str) -> str:
-        """x (fp32 or compute dtype) @ w + b, in the compute dtype."""
-        if self.precision == "int8":
-            return self._linear_int8(x, lin, prefix)
-        y = self.op("MatMul", [self.to_compute(x), self.param(f"{prefix}.weight", lin.w)])
-        if lin.b is not None:
-            y = self.op("Add", [y, self.param(f"{prefix}.bias", lin.b)])
-        return y
-
-    def quantize_rows(self, x: str) -> tuple[str, str]:
-        """(x_q, scale): x [..., K] fp32 as uint8 with zero point 128, one symmetric scale per row.
-
-        uint8 with a fixed zero point (not int8) because ONNX Runtime's fast x86 int8 GEMM is
-        u8 x s8, and MatMulInteger only takes a scalar activation zero point. Computed once per
-        value and shared by every projection of it.
-        """
-        if x not in self._row_quant:
-            amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[-1], keepdims=1)
-            scale = self.op("Max", [self.op("Mul", [amax, self.const(1 / 127, np.float32)]),
-                                    self.const(np.finfo(np.float32).tiny, np.float32)])
-            q = self.op("QuantizeLinear", [self.op("Div", [x, scale]), self.const(1.0, np.float32),
-                                           self.const(128, np.uint8)])
-            self._row_quant[x] = (q, scale)
-        return self._row_quant[x]
-
-    def _linear_int8(self, x: str, lin: Linear, prefix: str) -> str:
-        w_scale = np.abs(lin.w).max(axis=0) / 127.0
-        w_scale[w_scale == 0] = 1.0
-        w_q = np.clip(np.round(lin.w / w_scale), -127, 127).astype(np.int8)
-        x_q, x_scale = self.quantize_rows(x)
-        acc = self.op("MatMulInteger", [x_q, self.weight(f"{prefix}.weight_q", w_q), self.const(128, np.uint8)])
-        y = self.op("Mul", [self.op("Cast", [acc], to=TensorProto.FLOAT),
-                            self.weight(f"{prefix}.weight_scale", w_scale.astype(np.float32))])
-        y = self.op("Mul", [y, x_scale])
-        if lin.b is not None:
-            y = self.op("Add", [y, self.weight(f"{prefix}.bias", lin.b.astype(np.float32))])
-        return y
-
-    def linears(self, x: str, lins: list[Linear], prefix: str) -> list[str]:
-        """Several projections of the same input as one MatMul, then a Split: one larger product
-        streams the input once and costs one kernel launch instead of len(lins) (q/k/v; every
-        decoder layer's cross K and V at once)."""
-        if len(lins) == 1:
-            return [self.linear(x, lins[0], prefix)]
-        w = np.concatenate([lin.w for lin in lins], axis=1)
-        if any(lin.b is not None for lin in lins):
-            b = np.concatenate([lin.b if lin.b is not None else np.zeros(lin.w.shape[1], np.float32) for lin in lins])
-        else:
-            b = None
-        y = self.linear(x, Linear(w, b), prefix)
-        sizes = self.const([lin.w.shape[1] for lin in lins])
-        return list(self.op("Split", [y, sizes], axis=-1, n_out=len(lins)))
-
-    def layer_norm(self, x: str, ln: LayerNorm, prefix: str) -> str:
-        return self.op(
-            "LayerNormalization",
-            [x, self.weight(f"{prefix}.weight", ln.w), self.weight(f"{prefix}.bias", ln.b)],
-            axis=-1,
-            epsilon=float(ln.eps),
-        )
-
-    def activation(self, x: str, name: str) -> str:
-        """Activations run in fp32 (tanh-GELU's x**3 overflows fp16 beyond |x| ~ 40)."""
-        x = self.to_float(x)
-        if name == "gelu":  # exact, erf-based
-            # x / sqrt(2) as a Div: the form ONNX Runtime's GeluFusion recognises (Gelu / BiasGelu)
-            e = self.op("Erf", [self.op("Div", [x, self.const(math.sqrt(2), np.float32)])])
-            return self.op("Mul", [self.op("Mul", [x, self.const(0.5, np.float32)]), self.op("Add", [e, self.const(1.0, np.float32)])])
-        if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-            x3 = self.op("Mul", [self.op("Mul", [x, x]), x])
-            inner = self.op("Add", [x, self.op("Mul", [x3, self.const(0.044715, np.float32)])])
-            t = self.op("Tanh", [self.op("Mul", [inner, self.const(math.sqrt(2 / math.pi), np.float32)])])
-            return self.op("Mul", [self.op("Mul", [x, self.const(0.5, np.float32)]), self.op("Add", [t, self.const(1.0, np.float32)])])
-        if name == "relu":
-            return self.op("Relu", [x])
-        if name == "quick_gelu":
-            return self.op("Mul", [x, self.op("Sigmoid", [self.op("Mul", [x, self.const(1.702, np.float32)])])])
-        if name in ("silu", "swish"):
-            return self.op("Mul", [x, self.op("Sigmoid", [x])])
-        raise ValueError(f"activation {name!r} not implemented")
-
-    def heads(self, x: str, num_heads: int, head_dim: int, transpose_key: bool = False) -> str:
-        """[B, S, h*d] -> [B, h, S, d], or [B, h, d, S] for keys we keep transposed."""
-        r = self.op("Reshape", [x, self.const([0, 0, num_heads, head_dim])])
-        return self.op("Transpose", [r], perm=[0, 2, 3, 1] if transpose_key else [0, 2, 1, 3])
-
-    def token_heads(self, x: str, num_heads: int, head_dim: int, key: bool = False) -> str:
-        """One token, [B, h*d] -> [B, h, 1, d] (or [B, h, d, 1] for a key): a Reshape, no copy."""
-        shape = [-1, num_heads, head_dim, 1] if key else [-1, num_heads, 1, head_dim]
-        return self.op("Reshape", [x, self.const(shape)])
-
-    def merge_heads(self, x: str, hidden: int) -> str:
-        """[B, h, S, d] -> [B, S, h*d]."""
-        t = self.op("Transpose", [x], perm=[0, 2, 1, 3])
-        return self.op("Reshape", [t, self.const([0, 0, hidden])])
-
-    def build(self) -> onnx.ModelProto:
-        for node in self.nodes:
-            for field in (node.input, node.output):
-                for i, v in enumerate(field):
-                    if v in self._renames:
-                        field[i] = self._renames[v]
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgecap")
-        model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10
-        return model
-
-
-def _softmax(g: GraphBuilder, scores: str) -> str:
-    """Softmax in fp32, probabilities back in the compute dtype."""
-    return g.to_compute(g.op("Softmax", [g.to_float(scores)], axis=-1))
-
-
-def _self_mha_full(g: GraphBuilder, x: str, att: Attention, heads: int, head_dim: int, hidden: int, p: str) -> str:
-    """Unmasked self-attention over a whole sequence (the encoder); returns fp32."""
-    q, k, v = g.linears(x, [att.q, att.k, att.v], f"{p}.qkv")
-    q = g.heads(q, heads, head_dim)
-    k = g.heads(k, heads, head_dim, transpose_key=True)
-    v = g.heads(v, heads, head_dim)
-    probs = _softmax(g, g.op("MatMul", [q, k]))
-    return g.to_float(g.linear(g.merge_heads(g.op("MatMul", [probs, v]), hidden), att.o, f"{p}.o"))
-
-
-def build_encoder(enc: Encoder, dec: Decoder, precision: str = "fp32") -> tuple[onnx.ModelProto, list, list]:
-    """The encoder graph, which also projects every decoder layer's cross-attention K and V."""
-    g = GraphBuilder("edgecap_encoder", precision)
-    h_img, w_img = enc.image_hw
-    px = g.input(mf.PIXEL_VALUES, "float32", ["batch", enc.channels, h_img, w_img])
+def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
+    """ViT/DeiT: pixels [B,3,H,W] -> encoder states [B, S, E] (fp32)."""
     hidden, heads = enc.hidden, enc.num_heads
     head_dim = hidden // heads
     conv = g.op(
@@ -267,12 +42,23 @@ def build_encoder(enc: Encoder, dec: Decoder, precision: str = "fp32") -> tuple[
     x = g.op("Add", [g.op("Concat", [prefix, patches], axis=1), g.weight("pos_emb", enc.pos_emb[None])])
     for i, layer in enumerate(enc.layers):
         p = f"enc.{i}"
-        a = _self_mha_full(g, g.layer_norm(x, layer.ln_attn, f"{p}.ln1"), layer.attn, heads, head_dim, hidden, f"{p}.attn")
+        a = self_attention(g, g.layer_norm(x, layer.ln_attn, f"{p}.ln1"), layer.attn, heads, head_dim, hidden, f"{p}.attn")
         x = g.op("Add", [x, a])
-        h = g.activation(g.linear(g.layer_norm(x, layer.ln_mlp, f"{p}.ln2"), layer.fc1, f"{p}.fc1"), layer.act)
-        x = g.op("Add", [x, g.to_float(g.linear(h, layer.fc2, f"{p}.fc2"))])
+        x = mlp_residual(g, x, layer, p)
     if enc.final_ln is not None:
         x = g.layer_norm(x, enc.final_ln, "enc.ln_f")
+    return x
+
+
+def build_encoder(enc: Encoder | SwinEncoder, dec: Decoder, precision: str = "fp32") -> tuple[onnx.ModelProto, list, list]:
+    """The encoder graph, which also projects every decoder layer's cross-attention K and V."""
+    g = GraphBuilder("edgecap_encoder", precision)
+    h_img, w_img = enc.image_hw
+    px = g.input(mf.PIXEL_VALUES, "float32", ["batch", enc.channels, h_img, w_img])
+    if isinstance(enc, SwinEncoder):
+        x = swin_tokens(g, enc, px)
+    else:
+        x = vit_tokens(g, enc, px)
     if enc.to_decoder is not None:
         x = g.to_float(g.linear(x, enc.to_decoder, "enc_to_dec"))
     seq = enc.seq_len
@@ -323,6 +109,8 @@ def build_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32") -> t
     x = g.op("Add", [tok, pos])
     if dec.emb_ln is not None:
         x = g.layer_norm(x, dec.emb_ln, "dec.emb_ln")
+    if dec.emb_proj is not None:
+        x = g.to_float(g.linear(x, dec.emb_proj, "dec.emb_proj"))
 
     # Mask of valid cache slots: slot < step -> 0, else -inf. Built once, shared by all layers.
     cache_len = g.op("Gather", [g.op("Shape", [pasts[0][1]]), g.const([2])], axis=0)
@@ -365,7 +153,7 @@ def build_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32") -> t
         # [nb,d] x [d,S] product would take another ONNX Runtime kernel for nb=1 than for nb>1 and
         # make a beam's logits depend (by an ulp) on how many beams it has (tests/test_invariance.py).
         cq = g.op("Reshape", [g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), cross_shape])  # [b,nb,h,1,d]
-        cprobs = _softmax(g, g.op("MatMul", [cq, cross_k5[i]]))  # [b,nb,h,1,S]
+        cprobs = softmax(g, g.op("MatMul", [cq, cross_k5[i]]))  # [b,nb,h,1,S]
         cctx = g.op("Reshape", [g.op("MatMul", [cprobs, cross_v5[i]]), g.const([-1, hidden])])  # [rows,E]
         a = g.to_float(g.linear(cctx, layer.cross_attn.o, f"{p}.cross.o"))
         x = g.op("Add", [x, a])
@@ -379,6 +167,9 @@ def build_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32") -> t
             x = g.layer_norm(x, layer.ln_mlp, f"{p}.ln_mlp")
     if dec.final_ln is not None:
         x = g.layer_norm(x, dec.final_ln, "dec.ln_f")
+    if dec.head_transform is not None:  # BERT-style LM head: LayerNorm(act(dense(x)))
+        x = g.activation(g.linear(x, dec.head_transform, "head.dense"), dec.head_act)
+        x = g.layer_norm(x, dec.head_ln, "head.ln")
     logits = g.to_float(g.linear(x, dec.lm_head, "lm_head"))  # [B,V]
     g.output(logits, mf.LOGITS, "float32", ["batch", dec.vocab])
     return g.build(), g.specs_in, g.specs_out

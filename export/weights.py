@@ -71,6 +71,16 @@ class Encoder:
     def seq_len(self) -> int:
         return int(self.pos_emb.shape[0])
 
+    @property
+    def prefix_count(self) -> int:
+        """Tokens before the patches in the encoder's output (class, distillation)."""
+        return int(self.prefix_tokens.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch rows x columns of the encoder's output tokens (after the prefix tokens)."""
+        return (self.image_hw[0] // self.patch, self.image_hw[1] // self.patch)
+
     def flops(self, dec: "Decoder") -> int:
         """Multiply-add FLOPs (x2) of one image through the encoder graph, cross K/V included."""
         s, e = self.seq_len, self.hidden
@@ -81,8 +91,97 @@ class Encoder:
             total += 2 * s * sum(int(m.w.size) for m in mats) + 2 * 2 * s * s * e
         if self.to_decoder is not None:
             total += 2 * s * int(self.to_decoder.w.size)
-        total += 2 * s * sum(int(l.cross_attn.k.w.size + l.cross_attn.v.w.size) for l in dec.layers)
-        return total
+        return total + cross_kv_flops(s, dec)
+
+
+def cross_kv_flops(seq: int, dec: "Decoder") -> int:
+    return 2 * seq * sum(int(l.cross_attn.k.w.size + l.cross_attn.v.w.size) for l in dec.layers)
+
+
+@dataclass
+class SwinBlock:
+    """A Swin layer: pre-norm window attention (relative position bias, shifted windows) + MLP."""
+
+    ln_attn: LayerNorm
+    attn: Attention
+    rel_bias: Array  # [heads, window*window, window*window]: the bias table gathered by its index
+    ln_mlp: LayerNorm
+    fc1: Linear
+    fc2: Linear
+    act: str
+    window: int
+    shift: int  # 0, or the cyclic shift of the shifted-window blocks
+
+
+@dataclass
+class SwinStage:
+    grid: tuple[int, int]  # token rows x columns entering the stage
+    num_heads: int
+    blocks: list[SwinBlock]
+    merge_ln: LayerNorm | None  # patch merging after the stage (all but the last)
+    merge: Linear | None
+
+
+@dataclass
+class SwinEncoder:
+    """Swin / Donut-Swin: patch embedding + LayerNorm, stages of window attention, patch merging.
+
+    Every shape is known at export (the image size is fixed per bundle), so window partition,
+    shifts and padding are constant Reshape/Transpose/Slice/Pad nodes in the graph.
+    """
+
+    patch_w: Array  # [embed, channels, patch, patch]
+    patch_b: Array
+    patch_ln: LayerNorm
+    pos_emb: Array | None  # [tokens, embed] when use_absolute_embeddings
+    stages: list[SwinStage]
+    final_ln: LayerNorm | None  # SwinModel has one, DonutSwinModel not
+    image_hw: tuple[int, int]
+    patch: int
+    channels: int
+    to_decoder: Linear | None
+
+    @property
+    def layers(self) -> list[SwinBlock]:
+        return [b for s in self.stages for b in s.blocks]
+
+    @property
+    def num_heads(self) -> int:
+        return self.stages[-1].num_heads
+
+    @property
+    def hidden(self) -> int:
+        last = self.stages[-1]
+        return int(last.blocks[0].fc2.w.shape[1]) if last.blocks else int(self.patch_w.shape[0])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.stages[-1].grid
+        return (h, w)
+
+    @property
+    def prefix_count(self) -> int:
+        return 0
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def flops(self, dec: "Decoder") -> int:
+        """Multiply-add FLOPs (x2) of one image: projections, window attention, merges, cross K/V."""
+        gh, gw = -(-self.image_hw[0] // self.patch), -(-self.image_hw[1] // self.patch)
+        total = 2 * gh * gw * int(self.patch_w.size)
+        for stage in self.stages:
+            tokens = stage.grid[0] * stage.grid[1]
+            for b in stage.blocks:
+                mats = (b.attn.q, b.attn.k, b.attn.v, b.attn.o, b.fc1, b.fc2)
+                total += 2 * tokens * sum(int(m.w.size) for m in mats)
+                total += 2 * 2 * tokens * b.window * b.window * int(b.attn.q.w.shape[1])
+            if stage.merge is not None:
+                total += 2 * (tokens // 4) * int(stage.merge.w.size)
+        if self.to_decoder is not None:
+            total += 2 * self.seq_len * int(self.to_decoder.w.size)
+        return total + cross_kv_flops(self.seq_len, dec)
 
 
 @dataclass
@@ -99,7 +198,7 @@ class DecoderLayer:
 
 @dataclass
 class Decoder:
-    """A decoder with cross-attention: GPT-2 (pre-norm) and TrOCR/BART (post-norm) both fit."""
+    """A decoder with cross-attention: GPT-2/mBART (pre-norm) and TrOCR/BART/BERT (post-norm) all fit."""
 
     token_emb: Array  # [vocab, hidden], already multiplied by any embedding scale
     pos_table: Array  # [positions, hidden]
@@ -115,11 +214,16 @@ class Decoder:
     lm_head: Linear  # [hidden, vocab]
     num_heads: int
     pre_norm: bool
-    max_positions: int
+    max_positions: int  # longest sequence the position table allows, start token included
+    # BERT-style LM heads transform before the vocabulary projection: LayerNorm(act(dense(x)))
+    head_transform: Linear | None = None
+    head_act: str | None = None
+    head_ln: LayerNorm | None = None
+    emb_proj: Linear | None = None  # ELECTRA: embedding width -> hidden width, after the embedding LayerNorm
 
     @property
     def hidden(self) -> int:
-        return int(self.token_emb.shape[1])
+        return int(self.emb_proj.w.shape[1]) if self.emb_proj is not None else int(self.token_emb.shape[1])
 
     @property
     def head_dim(self) -> int:
@@ -132,6 +236,8 @@ class Decoder:
     def step_params(self) -> int:
         """Weights one decoder step reads: every matrix but the embedding tables (one row each)."""
         total = int(self.lm_head.w.size)
+        for m in (self.head_transform, self.emb_proj):
+            total += int(m.w.size) if m is not None else 0
         for layer in self.layers:
             for m in (layer.self_attn.q, layer.self_attn.k, layer.self_attn.v, layer.self_attn.o,
                       layer.cross_attn.q, layer.cross_attn.o, layer.fc1, layer.fc2):

@@ -93,21 +93,22 @@ def test_debug_shows_traceback(tmp_path, inputs):
 
 
 def test_export_unsupported_family(tmp_path):
-    """An unknown model family fails at once, naming it and listing the supported ones."""
+    """Unknown model families fail at once (from the config alone), naming every unsupported part."""
     import tiny
-    from transformers import BertConfig, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers import BeitConfig, VisionEncoderDecoderConfig, XGLMConfig
 
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8),
-        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=96,
-                   is_decoder=True, add_cross_attention=True),
+        BeitConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8),
+        XGLMConfig(d_model=32, num_layers=1, attention_heads=2, ffn_dim=32, vocab_size=96),
     )
-    model_dir = tmp_path / "bert-decoder"
-    VisionEncoderDecoderModel(cfg).save_pretrained(model_dir)
+    model_dir = tmp_path / "beit-xglm"
+    cfg.save_pretrained(model_dir)
     tiny.tokenizer().save_pretrained(model_dir)
     res = run("export", model_dir, tmp_path / "out")
     assert res.returncode == 2
-    assert "unsupported decoder: bert; supported: gpt2, trocr" in res.stderr
+    line = [ln for ln in res.stderr.splitlines() if "unsupported" in ln]
+    assert len(line) == 1 and "unsupported encoder: beit; unsupported decoder: xglm; supported encoders: " in line[0]
+    assert "swin" in line[0] and "mbart" in line[0] and "bert" in line[0]
     assert not (tmp_path / "out").exists()
 
 
@@ -135,3 +136,14 @@ def test_export_refused_precision_exits_1_unless_allow_partial(tmp_path):
     assert json.loads((tmp_path / "b1" / "manifest.json").read_text())["graphs"].keys() == {"fp32"}
     res = run("export", ckpt, tmp_path / "b2", "--precision", "fp32,int8", "--min-agreement", "1.01", "--allow-partial")
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("command", ["caption", "feed"])
+def test_max_new_tokens_beyond_the_positions_is_a_usage_error(tmp_path, inputs, command):
+    """The demo decoder has 32 positions: --max-new-tokens 40 is exit 2 naming the limit, before any work
+    (it was an ONNX Runtime Gather error, exit 3)."""
+    extra = ["--out", tmp_path / "out.jsonl"] if command == "feed" else []
+    res = run(command, inputs, *extra, "--max-new-tokens", "40", "--min-new-tokens", "35")
+    assert res.returncode == 2, res.stderr
+    assert "32 positions, so at most 32 new tokens" in res.stderr and "Traceback" not in res.stderr
+    assert "Gather" not in res.stderr and not (tmp_path / "out.jsonl").exists()

@@ -18,7 +18,7 @@ from edgecap_export.exporter import ExportOptions, export
 SHIPPED = ("fp32", "int8", "fp16", "int4", "int8-qdq")
 
 
-@pytest.fixture(scope="module", params=[("vit", "gpt2"), ("deit", "trocr")], ids=lambda p: "-".join(p))
+@pytest.fixture(scope="module", params=[("vit", "gpt2"), ("deit", "trocr"), ("donut-swin", "mbart")], ids=lambda p: "-".join(p))
 def bundle(request, tmp_path_factory):
     encoder, decoder = request.param
     root = tmp_path_factory.mktemp(f"inv-{encoder}-{decoder}")

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoTokenizer, VisionEncoderDecoderModel
 
 from edgecap import Captioner
+from edgecap.options import GenerationOptions
 from edgecap_export.families import repair_loaded
 
 import tiny
@@ -28,9 +29,9 @@ def hf_generate(ckpt, pixels: np.ndarray, **kwargs):
         )
 
 
-def strip(row: list[int], eos: set[int]) -> tuple[int, ...]:
-    """A transformers output row -> token ids without start token, through eos, no padding."""
-    row = row[1:]
+def strip(row: list[int], eos: set[int], prefix: int = 1) -> tuple[int, ...]:
+    """A transformers output row -> token ids after the start token (and prompt), through eos, no padding."""
+    row = row[prefix:]
     for i, t in enumerate(row):
         if t in eos:
             return tuple(row[: i + 1])
@@ -42,14 +43,20 @@ def check_parity(ckpt, bundle, images, num_return_sequences=1, **gen):
     pixels = cap.preprocess(images)
     eos = set(cap.generation_defaults.eos_token_ids)
     ours = cap.caption(images, num_return_sequences=num_return_sequences, **gen)
-    ref = hf_generate(ckpt, pixels, num_return_sequences=num_return_sequences, **gen)
+    hf_gen = dict(gen)
+    prefix = 1
+    if "prompt_ids" in hf_gen:  # generate() takes a prompt as decoder_input_ids, one row per image
+        prompt = hf_gen.pop("prompt_ids")
+        prefix = cap.resolve_options(GenerationOptions(prompt_ids=prompt)).prompt_len
+        hf_gen["decoder_input_ids"] = torch.tensor([list(prompt)] * len(images))
+    ref = hf_generate(ckpt, pixels, num_return_sequences=num_return_sequences, **hf_gen)
     tok = AutoTokenizer.from_pretrained(ckpt)
     rows = ref.sequences.tolist()
     for i, c in enumerate(ours):
         hyps = [c, *c.alternatives]
         assert len(hyps) == num_return_sequences
         for j, h in enumerate(hyps):
-            expected = strip(rows[i * num_return_sequences + j], eos)
+            expected = strip(rows[i * num_return_sequences + j], eos, prefix)
             assert h.token_ids == expected, f"image {i} hypothesis {j}"
             assert h.text == tok.decode(list(expected), skip_special_tokens=True)
             if gen.get("num_beams", 1) > 1:
@@ -87,7 +94,7 @@ def test_beam_search(export_tiny, sample_images, encoder, decoder, gen):
     check_parity(ckpt, bundle, sample_images, **gen)
 
 
-@pytest.mark.parametrize("encoder,decoder", [("vit", "gpt2"), ("deit", "trocr")])
+@pytest.mark.parametrize("encoder,decoder", [("vit", "gpt2"), ("deit", "trocr"), ("deit", "bert"), ("donut-swin", "mbart")])
 def test_eos_at_different_steps(export_tiny, sample_images, tmp_path, encoder, decoder):
     """Declare a token greedy emits mid-way as eos: sequences then finish at different steps."""
     ckpt, bundle = export_tiny(encoder, decoder)
@@ -160,3 +167,103 @@ def test_forced_bos_and_eos(export_tiny, sample_images, tmp_path, decoder):
         caps = check_parity(ckpt2, bundle, sample_images, **gen)
         assert all(c.token_ids[0] == 17 for c in caps)
         assert all(len(c.token_ids) < 7 or c.token_ids[-1] == 5 for c in caps)
+
+
+# --- the families real checkpoints use (issue 11) ------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder,decoder", tiny.FAMILY_PAIRS)
+def test_family_greedy_and_beam(export_tiny, sample_images, encoder, decoder):
+    """manga-ocr (DeiT+BERT), ViT+RoBERTa (with enc_to_dec_proj), Swin+BART, Swin+GPT-2, Donut-Swin+mBART,
+    ViT+ELECTRA: greedy, and beam 4 with length_penalty / no_repeat_ngram_size / early_stopping."""
+    ckpt, bundle = export_tiny(encoder, decoder)
+    caps = check_parity(ckpt, bundle, sample_images, num_beams=1)
+    assert len({c.token_ids for c in caps}) > 1, "captions should depend on the image"
+    check_parity(ckpt, bundle, sample_images, num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3)
+    check_parity(ckpt, bundle, sample_images, num_beams=4, length_penalty=0.6, early_stopping=True,
+                 num_return_sequences=2)
+
+
+def test_trocr_base_geometry(export_tiny, sample_images):
+    """trocr-base: ViT without q/k/v biases, TrOCR cross-attention reading the encoder's width directly
+    (cross_attention_hidden_size, no enc_to_dec_proj)."""
+    ckpt, bundle = export_tiny("vit", "trocr", enc_hidden=48, dec_hidden=64, cross_attention_hidden_size=48,
+                               encoder_overrides={"qkv_bias": False})
+    model = VisionEncoderDecoderModel.from_pretrained(ckpt)
+    assert getattr(model, "enc_to_dec_proj", None) is None and model.encoder.config.qkv_bias is False
+    check_parity(ckpt, bundle, sample_images, num_beams=1)
+    check_parity(ckpt, bundle, sample_images, num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3)
+
+
+# --- prompts and word bans -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoder,decoder", [("vit", "gpt2"), ("deit", "bert"), ("donut-swin", "mbart")])
+def test_prompt_and_bad_words(export_tiny, sample_images, encoder, decoder):
+    """A multi-token prompt as generate(decoder_input_ids=...) takes it (Donut: the prompt is the whole
+    decoder input, no start token before it), with bad_words_ids of one and of two tokens."""
+    ckpt, bundle = export_tiny(encoder, decoder)
+    cap = Captioner(bundle, precision="fp32")
+    plain = cap.caption(sample_images, num_beams=1)
+    common = [t for t in plain[0].token_ids[:-1] if t not in (0, 1, 2, 3)]
+    ban_single = common[0]
+    ban_pair = list(plain[1].token_ids[:2])
+    prompt = [17, 42, 9] if encoder != "donut-swin" else [5, 17, 42]
+    for gen in (
+        dict(num_beams=1, prompt_ids=prompt),
+        dict(num_beams=1, prompt_ids=prompt, bad_words_ids=[[ban_single], ban_pair]),
+        dict(num_beams=4, prompt_ids=prompt, length_penalty=2.0, no_repeat_ngram_size=3),
+        dict(num_beams=3, prompt_ids=prompt, bad_words_ids=[[ban_single], ban_pair], min_new_tokens=3),
+        dict(num_beams=3, bad_words_ids=[[ban_single], ban_pair]),
+    ):
+        caps = check_parity(ckpt, bundle, sample_images, **gen)
+        if "bad_words_ids" in gen:
+            assert all(ban_single not in c.token_ids for c in caps)
+    assert [c.token_ids for c in cap.caption(sample_images, prompt_ids=prompt)] != [c.token_ids for c in plain]
+
+
+def test_text_prompt_is_tokenized_without_special_tokens(export_tiny, sample_images):
+    ckpt, bundle = export_tiny("vit", "gpt2")
+    cap = Captioner(bundle, precision="fp32")
+    by_text = cap.caption(sample_images, prompt="w17 w42")
+    by_ids = cap.caption(sample_images, prompt_ids=[17, 42])
+    assert [c.token_ids for c in by_text] == [c.token_ids for c in by_ids]
+    with pytest.raises(ValueError, match="prompt or prompt_ids"):
+        cap.caption(sample_images, prompt="w17", prompt_ids=[17])
+
+
+def test_max_new_tokens_beyond_the_position_table_is_a_value_error(export_tiny, sample_images):
+    """The tiny GPT-2 has 40 positions: 40 new tokens fit (39 fed back after the start token), 41 do
+    not, and a 3-token prompt takes 3 more."""
+    ckpt, bundle = export_tiny("vit", "gpt2")
+    cap = Captioner(bundle, precision="fp32")
+    cap.caption(sample_images[:1], max_new_tokens=40, min_new_tokens=40)
+    with pytest.raises(ValueError, match="40 positions, so at most 40 new tokens"):
+        cap.caption(sample_images[:1], max_new_tokens=41)
+    with pytest.raises(ValueError, match="3-token prompt.*at most 37 new tokens"):
+        cap.caption(sample_images[:1], max_new_tokens=40, prompt_ids=[5, 6, 7])
+
+
+def test_long_outputs_grow_the_cache_in_buckets(export_tiny, sample_images):
+    """Outputs longer than the first cache bucket (16 slots) grow it, copying the cache, beams
+    reordered across a growth: still at parity. A step attends over the slots its tokens need."""
+    from edgecap.backends import cache_bucket
+
+    assert [cache_bucket(n, 3584) for n in (1, 10, 16, 17, 500, 3584)] == [16, 16, 16, 32, 512, 3584]
+    assert cache_bucket(17, 20) == 20 and cache_bucket(1, 5) == 5
+    ckpt, bundle = export_tiny("vit", "gpt2")
+    check_parity(ckpt, bundle, sample_images, num_beams=1, max_new_tokens=40, min_new_tokens=36)
+    check_parity(ckpt, bundle, sample_images, num_beams=3, max_new_tokens=40, min_new_tokens=36)
+    cap = Captioner(bundle, precision="fp32")
+    seen = []
+    step = cap._decoder.step
+
+    def spy(tokens, t):
+        out = step(tokens, t)
+        seen.append((t, cap._decoder._keys[0].shape[-1]))
+        return out
+
+    cap._decoder.step = spy
+    cap.caption(sample_images[:1], max_new_tokens=40, min_new_tokens=40)
+    sizes = dict(seen)
+    assert sizes[10] == 16 and sizes[20] == 32 and sizes[39] == 40

@@ -12,8 +12,15 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    BartConfig,
+    BertConfig,
     DeiTConfig,
+    DonutSwinConfig,
+    ElectraConfig,
     GPT2Config,
+    MBartConfig,
+    RobertaConfig,
+    SwinConfig,
     PreTrainedTokenizerFast,
     TrOCRConfig,
     ViTConfig,
@@ -23,13 +30,23 @@ from transformers import (
 
 VOCAB = 96
 PAIRS = [("vit", "gpt2"), ("deit", "gpt2"), ("vit", "trocr"), ("deit", "trocr")]
+# The families real checkpoints add (issue 11): manga-ocr (DeiT+BERT), ViT+RoBERTa, Swin+BART/GPT-2, Donut.
+FAMILY_PAIRS = [("deit", "bert"), ("vit", "roberta"), ("swin", "bart"), ("swin", "gpt2"), ("donut-swin", "mbart"),
+                ("vit", "electra")]
+# Swin geometry: a 42x30 image is padded to 44x32 for 4-pixel patches (11x8 tokens), windows of 4
+# pad that to 12x8, stage 2 (6x4 tokens) is one unshifted window wide: every padding path runs.
+SWIN_IMAGE = (42, 30)
 
 
-def encoder_config(kind: str, hidden: int = 48):
+def encoder_config(kind: str, hidden: int = 48, **overrides):
     common = dict(
         hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-        image_size=32, patch_size=8, initializer_range=0.2,
+        image_size=32, patch_size=8, initializer_range=0.2, **overrides,
     )
+    if kind in ("swin", "donut-swin"):
+        cls = SwinConfig if kind == "swin" else DonutSwinConfig
+        return cls(image_size=list(SWIN_IMAGE), patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                   window_size=4, initializer_range=0.2, mlp_ratio=2.0, **overrides)
     return ViTConfig(**common) if kind == "vit" else DeiTConfig(**common)
 
 
@@ -38,6 +55,22 @@ def decoder_config(kind: str, hidden: int = 64, **overrides):
         cfg = GPT2Config(
             vocab_size=VOCAB, n_embd=hidden, n_layer=2, n_head=4, n_positions=40, add_cross_attention=True,
             is_decoder=True, tie_word_embeddings=False, initializer_range=0.2, bos_token_id=1, eos_token_id=2,
+        )
+    elif kind in ("bert", "roberta", "electra"):
+        cls = {"bert": BertConfig, "roberta": RobertaConfig, "electra": ElectraConfig}[kind]
+        extra = {"embedding_size": hidden // 2} if kind == "electra" else {}
+        cfg = cls(
+            vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+            max_position_embeddings=48, is_decoder=True, add_cross_attention=True, tie_word_embeddings=False,
+            initializer_range=0.2, pad_token_id=1, bos_token_id=0, eos_token_id=2, **extra,
+        )
+    elif kind in ("bart", "mbart"):
+        cls = BartConfig if kind == "bart" else MBartConfig
+        cfg = cls(
+            vocab_size=VOCAB, d_model=hidden, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=96,
+            encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=96, max_position_embeddings=40,
+            is_decoder=True, tie_word_embeddings=False, init_std=0.2, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+            decoder_start_token_id=2, scale_embedding=kind == "mbart", forced_eos_token_id=2 if kind == "bart" else None,
         )
     else:
         cfg = TrOCRConfig(
@@ -76,12 +109,14 @@ def build(
     enc_hidden: int = 48,
     dec_hidden: int = 64,
     processor: dict | None = None,
+    encoder_overrides: dict | None = None,
     **decoder_overrides,
 ) -> Path:
     """Write a tiny random checkpoint (model + tokenizer + preprocessor config) to `out`."""
     torch.manual_seed(seed)
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        encoder_config(encoder, enc_hidden), decoder_config(decoder, dec_hidden, **decoder_overrides)
+        encoder_config(encoder, enc_hidden, **(encoder_overrides or {})),
+        decoder_config(decoder, dec_hidden, **decoder_overrides),
     )
     cfg.tie_word_embeddings = False
     model = VisionEncoderDecoderModel(config=cfg).eval()
@@ -102,6 +137,9 @@ def build(
                 "image_processor_type": "DeiTImageProcessor", "size": {"height": 40, "width": 40},
                 "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "resample": 3,
             }
+        elif encoder in ("swin", "donut-swin"):
+            h, w = SWIN_IMAGE
+            processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": h, "width": w}}
         else:
             processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}}
     (out / "preprocessor_config.json").write_text(json.dumps(processor))
