@@ -1,11 +1,20 @@
 """Image loading and preprocessing that reproduces Hugging Face's PIL ("slow") image processors.
 
-The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor``
-(``image_processing_pil_vit`` / ``image_processing_pil_deit`` in transformers 5.x), so any
+The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor`` or
+``DonutImageProcessor`` (``image_processing_pil_{vit,deit,donut}`` in transformers 5.x), so any
 difference here is silent accuracy loss.  Every step therefore mirrors the transformers code path
 op for op: PIL resize on uint8 pixels, integer center-crop offsets (with zero padding when the
 image is smaller than the crop), rescale computed in float64 then cast to float32, and normalize
 computed in float32.  The result matches transformers to within 1e-6.
+
+Donut (``PreprocessSpec.kind == "donut"``) replaces the resize with its own geometry, in this
+order: align the long axis (a quarter turn clockwise when the image's orientation differs from
+``size``'s), resize the shortest edge to ``min(size)``, shrink to fit ``size`` (``do_thumbnail``),
+then pad with black to exactly ``size``, centered (inference's ``random_padding=False``).
+transformers 4.x differs in one place: its thumbnail always resampled BICUBIC with
+``reducing_gap=2.0``, 5.x uses the configured ``resample`` (``NEAREST`` falls back to BICUBIC);
+edgecap follows 5.x.  The two agree whenever the thumbnail does not shrink the image, which is the
+case for images no more elongated than ``size`` (e.g. portrait pages for a 2560x1920 model).
 
 Deviations from transformers (deliberate, see :func:`to_rgb` and :func:`load_image`):
 
@@ -13,6 +22,8 @@ Deviations from transformers (deliberate, see :func:`to_rgb` and :func:`load_ima
   being clipped by ``PIL.Image.convert``.
 * Images given as paths are EXIF-rotated (as ``transformers.image_utils.load_image`` and the
   pipelines do); PIL images and arrays are used as given (as the image processors do).
+* Every image is converted to RGB.  transformers 5.x's Donut processor does so only when called
+  with ``do_convert_rgb=True`` (without it, a greyscale image fails); 4.x's always did.
 """
 
 from __future__ import annotations
@@ -44,12 +55,20 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
              "do_center_crop": True, "crop_size": {"height": 224, "width": 224}, "do_rescale": True,
              "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": IMAGENET_STANDARD,
              "image_std": IMAGENET_STANDARD},
+    # transformers/models/donut/image_processing_pil_donut.py
+    "donut": {"do_resize": True, "size": {"height": 2560, "width": 1920}, "resample": 2,
+              "do_center_crop": False, "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255,
+              "do_normalize": True, "image_mean": IMAGENET_STANDARD, "image_std": IMAGENET_STANDARD,
+              "do_align_long_axis": False, "do_thumbnail": True, "do_pad": True},
 }
 _FAMILY = {
     f"{arch}{suffix}": family
-    for arch, family in (("ViT", "vit"), ("DeiT", "deit"))
+    for arch, family in (("ViT", "vit"), ("DeiT", "deit"), ("Donut", "donut"))
     for suffix in ("ImageProcessor", "ImageProcessorPil", "ImageProcessorFast", "FeatureExtractor")
 }
+KINDS = ("vit", "donut")  # PreprocessSpec.kind: the ViT/DeiT resize-and-crop pipeline, or Donut's
+# Fields that only Donut's pipeline reads; absent from bundles written before it existed.
+_DONUT_ONLY = ("do_align_long_axis", "do_thumbnail", "do_pad")
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
@@ -75,7 +94,12 @@ def _triple(value: Any, name: str) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """Everything needed to turn an RGB image into encoder input; mirrors the HF processor fields."""
+    """Everything needed to turn an RGB image into encoder input; mirrors the HF processor fields.
+
+    ``kind`` picks the pipeline: ``"vit"`` (ViT and DeiT: resize, center crop) or ``"donut"``
+    (align long axis, shortest-edge resize, thumbnail, centered pad, then an optional center crop).
+    The last four fields have defaults so that specs stored before Donut support still load.
+    """
 
     do_resize: bool
     size: dict[str, int]
@@ -87,6 +111,10 @@ class PreprocessSpec:
     do_normalize: bool
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    kind: str = "vit"
+    do_align_long_axis: bool = False
+    do_thumbnail: bool = False
+    do_pad: bool = False
 
     def __post_init__(self) -> None:
         # Validate once here so that preprocess() never fails half-way through a batch.
@@ -94,10 +122,20 @@ class PreprocessSpec:
         object.__setattr__(self, "crop_size", _size_dict(self.crop_size, "crop_size"))
         object.__setattr__(self, "image_mean", _triple(self.image_mean, "image_mean"))
         object.__setattr__(self, "image_std", _triple(self.image_std, "image_std"))
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if set(self.size) not in ({"height", "width"}, {"shortest_edge"}):
             raise ValueError(f"size must have keys height+width or shortest_edge, got {sorted(self.size)}")
         if any(v <= 0 for v in self.size.values()):
             raise ValueError(f"size values must be positive, got {self.size}")
+        if self.kind == "donut" and "height" not in self.size:
+            raise ValueError(f"Donut preprocessing needs size with height and width, got {sorted(self.size)}")
+        for name in _DONUT_ONLY:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        donut_only = [name for name in _DONUT_ONLY if getattr(self, name)]
+        if self.kind != "donut" and donut_only:
+            raise ValueError(f"{', '.join(donut_only)} need kind 'donut', got kind {self.kind!r}")
         if self.do_center_crop:
             if self.crop_size is None or set(self.crop_size) != {"height", "width"}:
                 raise ValueError(f"do_center_crop needs crop_size with height and width, got {self.crop_size}")
@@ -113,6 +151,10 @@ class PreprocessSpec:
         """(H, W) of the encoder input, known only when it does not depend on the input image."""
         if self.do_center_crop and self.crop_size is not None:
             return (self.crop_size["height"], self.crop_size["width"])
+        if self.kind == "donut":
+            if self.do_pad:
+                return (self.size["height"], self.size["width"])
+            raise ValueError("Donut preprocessing without do_pad: output size depends on the input image")
         if self.do_resize and "height" in self.size:
             return (self.size["height"], self.size["width"])
         if self.do_resize:
@@ -137,22 +179,35 @@ class PreprocessSpec:
         ignored = sorted(set(cfg) - set(values) - {"image_processor_type", "feature_extractor_type"})
         if ignored:
             logger.debug("preprocessor config keys not used by edgecap: %s", ", ".join(ignored))
+        if family == "donut":
+            values["kind"] = "donut"
+            if isinstance(values["size"], (list, tuple)):
+                # Donut's legacy feature-extractor size is (width, height), e.g. donut-base's [1920, 2560].
+                values["size"] = list(values["size"])[::-1]
         values["resample"] = int(values["resample"])
         values["rescale_factor"] = float(values["rescale_factor"])
         return cls(**values)
 
     def to_dict(self) -> dict:
-        """JSON-able dict (tuples become lists) that :meth:`from_dict` reads back."""
+        """JSON-able dict (tuples become lists) that :meth:`from_dict` reads back.
+
+        A ViT-kind spec is written without the Donut-only keys, exactly as before they existed, so
+        older runtimes still read it; a Donut spec carries them, so older runtimes refuse it.
+        """
         d = asdict(self)
         d["image_mean"] = list(self.image_mean)
         d["image_std"] = list(self.image_std)
+        if self.kind == "vit":
+            for name in ("kind",) + _DONUT_ONLY:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
         """Strict inverse of :meth:`to_dict`: a bundle written by another version must not be misread."""
         expected = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - expected), sorted(expected - set(d))
+        optional = {"kind"} | set(_DONUT_ONLY)
+        unknown, missing = sorted(set(d) - expected), sorted(expected - optional - set(d))
         if unknown or missing:
             problems = ([f"unknown keys: {', '.join(unknown)}"] if unknown else []) + (
                 [f"missing keys: {', '.join(missing)}"] if missing else [])
@@ -303,13 +358,70 @@ def _center_crop(pixels: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     return padded[max(0, top):min(new_h, top + crop_h), max(0, left):min(new_w, left + crop_w)]
 
 
+def _source_name(image: ImageSource) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    if isinstance(image, np.ndarray):
+        return "<array>"
+    return str(getattr(image, "filename", "") or "<image>")
+
+
+def _donut_thumbnail(rgb: Image.Image, height: int, width: int, resample: int, source: str) -> Image.Image:
+    """Shrink to fit (height, width) keeping the aspect ratio, with transformers' integer rounding."""
+    in_h, in_w = rgb.height, rgb.width
+    out_h, out_w = min(in_h, height), min(in_w, width)
+    if (out_h, out_w) == (in_h, in_w):
+        return rgb
+    if in_h > in_w:
+        out_w = int(in_w * out_h / in_h)
+    elif in_w > in_h:
+        out_h = int(in_h * out_w / in_w)
+    if out_h == 0 or out_w == 0:  # transformers fails here too (PIL refuses a 0-pixel resize)
+        raise ImageError(source, f"too elongated for Donut's {width}x{height} input: shrinking it "
+                                 f"({in_w}x{in_h} after resizing) to fit gives {out_w}x{out_h} pixels")
+    # transformers 5.x passes `resample or BICUBIC`, so NEAREST (0) becomes BICUBIC here.
+    return rgb.resize((out_w, out_h), resample=resample or Image.Resampling.BICUBIC)
+
+
+def _donut_pad(pixels: np.ndarray, height: int, width: int, source: str) -> np.ndarray:
+    """Zero-pad an HxWxC array to (height, width), centered (Donut's inference padding)."""
+    h, w = pixels.shape[:2]
+    delta_h, delta_w = height - h, width - w
+    if delta_h < 0 or delta_w < 0:
+        raise ImageError(source, f"is {w}x{h} after resizing, larger than Donut's {width}x{height} input "
+                                 "(the preprocessor config has do_thumbnail off)")
+    top, left = delta_h // 2, delta_w // 2
+    padded = np.zeros((height, width) + pixels.shape[2:], dtype=pixels.dtype)
+    padded[top:top + h, left:left + w] = pixels
+    return padded
+
+
+def _donut_geometry(rgb: Image.Image, spec: PreprocessSpec, source: str) -> np.ndarray:
+    """Donut's align / resize / thumbnail / pad steps (DonutImageProcessor._preprocess), as uint8 HxWx3."""
+    height, width = spec.size["height"], spec.size["width"]
+    if spec.do_align_long_axis and ((width < height and rgb.width > rgb.height)
+                                    or (width > height and rgb.width < rgb.height)):
+        # transformers' np.rot90(k=3) over (H, W): a quarter turn clockwise, pixel-exact in PIL.
+        rgb = rgb.transpose(Image.Transpose.ROTATE_270)
+    if spec.do_resize:
+        out_h, out_w = _resize_hw(rgb.width, rgb.height, {"shortest_edge": min(height, width)})
+        rgb = rgb.resize((out_w, out_h), resample=spec.resample)
+    if spec.do_thumbnail:
+        rgb = _donut_thumbnail(rgb, height, width, spec.resample, source)
+    pixels: np.ndarray = np.asarray(rgb)
+    return _donut_pad(pixels, height, width, source) if spec.do_pad else pixels
+
+
 def preprocess_one(image: ImageSource, spec: PreprocessSpec) -> np.ndarray:
     """One image to a float32 ``[3, H, W]`` array, bit-compatible with the HF PIL processors."""
     rgb = load_image(image)
-    if spec.do_resize:
-        out_h, out_w = _resize_hw(rgb.width, rgb.height, spec.size)
-        rgb = rgb.resize((out_w, out_h), resample=spec.resample)
-    pixels: np.ndarray = np.asarray(rgb)  # H x W x 3 uint8
+    if spec.kind == "donut":
+        pixels = _donut_geometry(rgb, spec, _source_name(image))
+    else:
+        if spec.do_resize:
+            out_h, out_w = _resize_hw(rgb.width, rgb.height, spec.size)
+            rgb = rgb.resize((out_w, out_h), resample=spec.resample)
+        pixels = np.asarray(rgb)  # H x W x 3 uint8
     if spec.do_center_crop and spec.crop_size is not None:
         pixels = _center_crop(pixels, spec.crop_size["height"], spec.crop_size["width"])
     # Same dtype sequence as transformers: rescale in float64 then cast, normalize in float32.
@@ -334,5 +446,5 @@ def preprocess(images: Sequence[ImageSource], spec: PreprocessSpec) -> np.ndarra
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images preprocess to different shapes {sorted(shapes)}; "
-                         "enable resize to height/width or center crop to batch them")
+                         "enable resize to height/width, center crop or (Donut) pad to batch them")
     return np.stack(arrays)

@@ -204,8 +204,8 @@ def test_from_hf_config_matches_transformers_defaults(hf):
 
 
 def test_from_hf_config_rejects_unsupported_type():
-    with pytest.raises(ValueError, match="DonutImageProcessor"):
-        PreprocessSpec.from_hf_config({"image_processor_type": "DonutImageProcessor"})
+    with pytest.raises(ValueError, match="'CLIPImageProcessor'; supported: .*DonutImageProcessor"):
+        PreprocessSpec.from_hf_config({"image_processor_type": "CLIPImageProcessor"})
     with pytest.raises(ValueError, match="image_processor_type"):
         PreprocessSpec.from_hf_config({"size": 224})
 
@@ -213,11 +213,11 @@ def test_from_hf_config_rejects_unsupported_type():
 def test_from_dict_names_unknown_and_missing_keys():
     d = _spec().to_dict()
     del d["resample"], d["image_std"]
-    d["do_pad"] = True
+    d["do_flip"] = True
     d["colour"] = "blue"
     with pytest.raises(ValueError) as info:
         PreprocessSpec.from_dict(d)
-    for key in ("resample", "image_std", "do_pad", "colour"):
+    for key in ("resample", "image_std", "do_flip", "colour"):
         assert key in str(info.value)
 
 
@@ -304,8 +304,9 @@ def test_load_image_decompression_bomb(tmp_path, monkeypatch, side):
     assert str(side * side) in info.value.problem and "100" in info.value.problem
 
 
-def test_runtime_module_imports_no_torch_or_transformers():
-    code = ("import sys, edgecap.preprocess; bad = {'torch', 'transformers'} & set(sys.modules); "
+@pytest.mark.parametrize("module", ["edgecap.preprocess", "edgecap.donut"])
+def test_runtime_module_imports_no_torch_or_transformers(module):
+    code = (f"import sys, {module}; bad = {{'torch', 'transformers'}} & set(sys.modules); "
             "sys.exit(f'imported {bad}' if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env={"PYTHONPATH": str(REPO), "PATH": ""}, timeout=60)
