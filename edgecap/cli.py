@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "without this flag export exits 1 so that a script notices)",
     )
     exp.add_argument(
+        "--prompt", metavar="TEXT",
+        help="the bundle's default decoder prompt, used when a caption call gives none (Donut task models: "
+        "e.g. '<s_cord-v2>'); tokenized without special tokens",
+    )
+    exp.add_argument(
         "--calibration", metavar="DIR",
         help="images whose activation ranges calibrate int8-qdq (default: 16 of the evaluation images)",
     )
@@ -187,6 +192,7 @@ def _export(args: argparse.Namespace) -> int:
         allow_partial=args.allow_partial,
         eval_images=eval_images,
         calibration_images=calibration_images,
+        prompt=args.prompt,
     )
     try:
         out = export(args.model, args.outdir, options)

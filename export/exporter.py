@@ -58,6 +58,8 @@ class ExportOptions:
     calibration_images: tuple[str, ...] = ()  # int8-qdq activation ranges; default: 16 evaluation images
     int4_block_size: int = 32
     force: bool = False  # replace an existing bundle at outdir (only once the new one is verified)
+    # the bundle's default decoder prompt (e.g. Donut's "<s_cord-v2>"), tokenized without special tokens
+    prompt: str | None = None
 
 
 def _library_versions() -> dict[str, str]:
@@ -264,8 +266,15 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
     gen = generation_defaults(hf_model, tokenizer)
-    if gen.max_new_tokens + 1 > dec.max_positions:
-        gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - 1})
+    if options.prompt:
+        ids = tokenizer(options.prompt, add_special_tokens=False)["input_ids"]
+        unknown = [t for t in ids if t == tokenizer.unk_token_id]
+        if unknown:
+            raise ExportError(f"{model}: --prompt {options.prompt!r} has tokens the tokenizer does not know")
+        gen = mf.Generation(**{**gen.__dict__, "prompt_ids": [int(t) for t in ids]})
+    prompt_len = len(gen.prompt_ids) + (0 if gen.prompt_includes_start and gen.prompt_ids else 1)
+    if gen.max_new_tokens + prompt_len - 1 > dec.max_positions:
+        gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - prompt_len + 1})
     verify_pixels = verify.random_images(spec, options.verify_images)
     if options.calibration_images:
         calib_pixels = preprocess(list(options.calibration_images), spec)

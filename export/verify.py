@@ -83,7 +83,7 @@ def agreement(ours: Sequence[Sequence[int]], ref: Sequence[Sequence[int]]) -> tu
 def greedy_tokens(cap: Captioner, pixels: np.ndarray, batch: int = 8) -> list[tuple[int, ...]]:
     out = []
     for i in range(0, len(pixels), batch):
-        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), GenerationOptions(num_beams=1))]
+        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), GenerationOptions(num_beams=1, prompt_ids=()))]
     return out
 
 

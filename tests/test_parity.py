@@ -97,13 +97,16 @@ def test_beam_search(export_tiny, sample_images, encoder, decoder, gen):
 @pytest.mark.parametrize("encoder,decoder", [("vit", "gpt2"), ("deit", "trocr"), ("deit", "bert"), ("donut-swin", "mbart")])
 def test_eos_at_different_steps(export_tiny, sample_images, tmp_path, encoder, decoder):
     """Declare a token greedy emits mid-way as eos: sequences then finish at different steps."""
-    ckpt, bundle = export_tiny(encoder, decoder)
-    first = Captioner(bundle, precision="fp32").caption(sample_images, num_beams=1)
     lengths_for = {}
-    for tok_id in {t for c in first for t in c.token_ids[1:-1]}:
-        ends = tuple(c.token_ids.index(tok_id) if tok_id in c.token_ids else None for c in first)
-        if sum(e is not None for e in ends) >= 2 and len(set(ends)) >= 2:
-            lengths_for[tok_id] = ends
+    for seed in range(4):  # random weights differ between transformers versions: find a model with such a token
+        ckpt, bundle = export_tiny(encoder, decoder, seed=seed)
+        first = Captioner(bundle, precision="fp32").caption(sample_images, num_beams=1)
+        for tok_id in {t for c in first for t in c.token_ids[1:-1]}:
+            ends = tuple(c.token_ids.index(tok_id) if tok_id in c.token_ids else None for c in first)
+            if sum(e is not None for e in ends) >= 2 and len(set(ends)) >= 2:
+                lengths_for[tok_id] = ends
+        if lengths_for:
+            break
     assert lengths_for, "no token suitable as a mid-way eos"
     new_eos = sorted(lengths_for)[0]
     ckpt2 = tmp_path / "ckpt"
@@ -172,13 +175,24 @@ def test_forced_bos_and_eos(export_tiny, sample_images, tmp_path, decoder):
 # --- the families real checkpoints use (issue 11) ------------------------------------------------
 
 
+def image_dependent(export_tiny, sample_images, encoder, decoder):
+    """The first tiny model (seed 0..3) whose greedy captions differ between the sample images: random
+    weights differ between transformers versions, and a model that ignores its image would let a
+    broken cross-attention pass."""
+    for seed in range(4):
+        ckpt, bundle = export_tiny(encoder, decoder, seed=seed)
+        caps = Captioner(bundle, precision="fp32").caption(sample_images, num_beams=1)
+        if len({c.token_ids for c in caps}) > 1:
+            return ckpt, bundle
+    raise AssertionError(f"no {encoder}+{decoder} tiny model whose captions depend on the image")
+
+
 @pytest.mark.parametrize("encoder,decoder", tiny.FAMILY_PAIRS)
 def test_family_greedy_and_beam(export_tiny, sample_images, encoder, decoder):
     """manga-ocr (DeiT+BERT), ViT+RoBERTa (with enc_to_dec_proj), Swin+BART, Swin+GPT-2, Donut-Swin+mBART,
     ViT+ELECTRA: greedy, and beam 4 with length_penalty / no_repeat_ngram_size / early_stopping."""
-    ckpt, bundle = export_tiny(encoder, decoder)
-    caps = check_parity(ckpt, bundle, sample_images, num_beams=1)
-    assert len({c.token_ids for c in caps}) > 1, "captions should depend on the image"
+    ckpt, bundle = image_dependent(export_tiny, sample_images, encoder, decoder)
+    check_parity(ckpt, bundle, sample_images, num_beams=1)
     check_parity(ckpt, bundle, sample_images, num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3)
     check_parity(ckpt, bundle, sample_images, num_beams=4, length_penalty=0.6, early_stopping=True,
                  num_return_sequences=2)
@@ -202,7 +216,7 @@ def test_trocr_base_geometry(export_tiny, sample_images):
 def test_prompt_and_bad_words(export_tiny, sample_images, encoder, decoder):
     """A multi-token prompt as generate(decoder_input_ids=...) takes it (Donut: the prompt is the whole
     decoder input, no start token before it), with bad_words_ids of one and of two tokens."""
-    ckpt, bundle = export_tiny(encoder, decoder)
+    ckpt, bundle = image_dependent(export_tiny, sample_images, encoder, decoder)
     cap = Captioner(bundle, precision="fp32")
     plain = cap.caption(sample_images, num_beams=1)
     common = [t for t in plain[0].token_ids[:-1] if t not in (0, 1, 2, 3)]
@@ -267,3 +281,18 @@ def test_long_outputs_grow_the_cache_in_buckets(export_tiny, sample_images):
     cap.caption(sample_images[:1], max_new_tokens=40, min_new_tokens=40)
     sizes = dict(seen)
     assert sizes[10] == 16 and sizes[20] == 32 and sizes[39] == 40
+
+
+def test_export_records_a_default_prompt(export_tiny, sample_images, tmp_path):
+    """`edgecap export --prompt` (ExportOptions.prompt): the bundle's default prompt, used when a call
+    gives none, and still overridable."""
+    from edgecap_export.exporter import ExportOptions, export
+
+    ckpt, plain_bundle = export_tiny("vit", "gpt2")
+    bundle = export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32",), prompt="w17 w42"))
+    cap = Captioner(bundle, precision="fp32")
+    assert list(cap.generation_defaults.prompt_ids) == [17, 42]
+    with_default = cap.caption(sample_images)
+    explicit = Captioner(plain_bundle, precision="fp32").caption(sample_images, prompt_ids=[17, 42])
+    assert [c.token_ids for c in with_default] == [c.token_ids for c in explicit]
+    check_parity(ckpt, bundle, sample_images, num_beams=1, prompt_ids=[17, 42])

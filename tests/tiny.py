@@ -137,7 +137,11 @@ def build(
                 "image_processor_type": "DeiTImageProcessor", "size": {"height": 40, "width": 40},
                 "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "resample": 3,
             }
-        elif encoder in ("swin", "donut-swin"):
+        elif encoder == "donut-swin":  # Donut's processor: align long axis, resize, thumbnail, pad
+            h, w = SWIN_IMAGE
+            processor = {"image_processor_type": "DonutImageProcessor", "size": {"height": h, "width": w},
+                         "do_align_long_axis": True, "do_thumbnail": True, "do_pad": True, "resample": 2}
+        elif encoder == "swin":
             h, w = SWIN_IMAGE
             processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": h, "width": w}}
         else:
