@@ -55,4 +55,6 @@ def test_cli_export_without_torch_says_what_to_install(tmp_path):
     script = BLOCKER + "from edgecap.cli import main; raise SystemExit(main(['export', 'x', 'y']))"
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert res.returncode == 2
-    assert "pip install 'edgecap[export]'" in res.stderr and "Traceback" not in res.stderr
+    from edgecap.extras import install_command
+
+    assert install_command("export") in res.stderr and "Traceback" not in res.stderr

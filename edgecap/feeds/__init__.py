@@ -3,7 +3,7 @@
 Sources are video files and frame folders, sampled in time.
 
 Pipeline: one background thread opens the sources one after the other, decodes (PyAV, imported
-lazily: ``pip install 'edgecap[feeds]'``), samples one frame every ``every`` seconds of
+lazily: the ``[feeds]`` extra), samples one frame every ``every`` seconds of
 presentation time, drops near-duplicates (dedupe) and preprocesses the rest; a bounded queue
 feeds the model, which runs batches that may span several sources. Results come back in each
 source's frame order.

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import EdgecapError
+from ..extras import install_command
 from ..preprocess import load_image
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
@@ -164,7 +165,7 @@ def _read_video(src: FeedSource) -> Iterator[_Decoded | _Info | FeedProblem]:
         import av
         import av.video.reformatter
     except ImportError:
-        yield FeedProblem(src.name, None, "video needs PyAV: pip install 'edgecap[feeds]'")
+        yield FeedProblem(src.name, None, f"video needs PyAV: {install_command('feeds')}")
         return
     try:
         container = av.open(src.paths[0], metadata_errors="ignore")

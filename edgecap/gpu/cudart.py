@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgecapError
+from ..extras import install_command
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 H2D, D2H, D2D = 1, 2, 3
 _ATTR_CC_MAJOR, _ATTR_CC_MINOR = 75, 76  # cudaDevAttrComputeCapabilityMajor / Minor
 
-CUDA_PYTHON_HINT = "pip install 'edgecap[tensorrt]' (cuda-python; on Jetson: pip install cuda-python==<your CUDA>)"
+CUDA_PYTHON_HINT = f"{install_command('tensorrt')} (cuda-python; on Jetson: pip install cuda-python==<your CUDA>)"
 
 
 class CudaError(EdgecapError):
@@ -283,7 +284,7 @@ def load_cuda(require_cuda_python: bool = False) -> Cuda:
         if impl is None:
             raise EdgecapError(
                 "the CUDA runtime (libcudart) cannot be loaded: install cuda-python "
-                "(pip install 'edgecap[tensorrt]') or put the CUDA libraries on the library path"
+                f"({install_command('tensorrt')}) or put the CUDA libraries on the library path"
             )
     log.debug("CUDA runtime through %s", impl.name)
     _LOADED[key] = impl

@@ -23,6 +23,7 @@ from .. import manifest as mf
 from ..backends import check_signature
 from ..bundle import Bundle
 from ..errors import BundleError, EdgecapError
+from ..extras import install_command
 from .cudart import Cuda, load_cuda
 from .devmem import DeviceTensor
 from .engines import engine_dirs, writable_dir
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER = {"cuda": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}
 GPU_HINT = (
-    "pip install 'edgecap[gpu]' after removing the CPU-only onnxruntime (pip uninstall onnxruntime); "
+    f"{install_command('gpu')} after removing the CPU-only onnxruntime (pip uninstall onnxruntime); "
     "on Jetson install the onnxruntime-gpu wheel for your JetPack (Jetson AI Lab / Jetson Zoo), not PyPI's"
 )
 

@@ -9,13 +9,14 @@ import logging
 from typing import Any
 
 from ..errors import EdgecapError
+from ..extras import install_command
 from .cudart import Cuda, load_cuda
 from .engines import RuntimeEnv
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "pip install 'edgecap[tensorrt]' (TensorRT + cuda-python); on Jetson, TensorRT comes with JetPack "
+    f"{install_command('tensorrt')} (TensorRT + cuda-python); on Jetson, TensorRT comes with JetPack "
     "(sudo apt install nvidia-jetpack) and only cuda-python needs pip"
 )
 
