@@ -7,53 +7,32 @@ export errors; 3 an internal error (a bug: rerun with --debug and report the tra
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
-import os
 import sys
-from pathlib import Path
-from typing import Iterator, Sequence
+import time
+from typing import Any, Sequence
 
 from . import __version__
 from .cliargs import (
     EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
     add_generation_args, add_model_args, generation_options,
 )
-from .errors import EdgecapError, ImageError
+from .errors import EdgecapError
+from .extras import install_command
+from .inputs import expand_inputs
+from .progress import StatusLine, bar, format_eta
 
 log = logging.getLogger("edgecap")
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def _say(message: str) -> None:
     print(f"edgecap: {message}", file=sys.stderr, flush=True)
 
 
-def expand_inputs(patterns: Sequence[str]) -> Iterator[tuple[str, str | None]]:
-    """(path, problem) for each input: files as given, image files inside directories, glob matches."""
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = sorted(p for p in Path(pattern).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                yield pattern, "directory contains no image files"
-            for p in found:
-                yield str(p), None
-        elif os.path.exists(pattern):
-            yield pattern, None
-        elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                yield pattern, "no files match this pattern"
-            for m in matches:
-                if os.path.isfile(m):
-                    yield m, None
-        else:
-            yield pattern, "file not found"
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from PIL import Image  # for --max-pixels' default
+
     parser = argparse.ArgumentParser(
         prog="edgecap",
         description="Caption images with Hugging Face VisionEncoderDecoder models exported to ONNX.",
@@ -65,25 +44,39 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser(
         "caption",
         help="caption image files, directories and globs",
-        description="Caption images. Prints PATH<TAB>CAPTION per image (or JSON lines with --json). "
-        "A bad input is reported on stderr and the rest are still captioned.",
+        description="Caption images. Prints PATH<TAB>CAPTION per image (then <TAB>ALTERNATIVE... with "
+        "--num-return-sequences), or one JSON object per input with --json. A bad input is reported on stderr "
+        "(and, with --json, as a record with an \"error\" key) and the rest are still captioned. On a terminal, "
+        "a progress line on stderr follows runs of more than a few images.",
+        epilog=EXIT_CODES_HELP,
     )
-    cap.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories of images, or glob patterns")
-    cap.add_argument("--json", action="store_true", help="print one JSON object per image")
+    cap.add_argument("paths", nargs="+", metavar="PATH",
+                     help="image files, directories of images, glob patterns, or - to read paths from stdin "
+                     "(one per line, taken literally)")
+    cap.add_argument("-r", "--recursive", action="store_true", help="scan directories' subdirectories too")
+    cap.add_argument("--json", action="store_true",
+                     help="print one JSON object per input: path, caption, score, token_ids, model, precision "
+                     "(alternatives with --num-return-sequences); a failed input has path and error")
     cap.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default: 8)")
+    cap.add_argument("--max-pixels", type=int, metavar="N",
+                     help="largest image to decode, in pixels (default: PIL's decompression-bomb limit, "
+                     f"{Image.MAX_IMAGE_PIXELS:,}); raise it to caption a bigger image you trust")
     add_model_args(cap)
     add_generation_args(cap)
     cap.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
     exp = sub.add_parser(
         "export",
-        help="export a Hugging Face VisionEncoderDecoder model to a bundle (needs edgecap[export])",
+        help="export a Hugging Face VisionEncoderDecoder model to a bundle (needs the [export] extra)",
         description="Export a VisionEncoderDecoderModel (local directory or hub id) to an edgecap bundle: "
         "encoder graph with cross-attention K/V, KV-cached decoder-step graph, tokenizer, manifest. "
         "The graphs are verified against PyTorch; nothing is written if verification fails.",
     )
     exp.add_argument("model", metavar="MODEL", help="model directory (or hub id where a network exists)")
     exp.add_argument("outdir", metavar="OUTDIR", help="bundle directory to create (must not exist or be empty)")
+    exp.add_argument("--force", action="store_true",
+                     help="replace the bundle already in OUTDIR; it stays untouched until the new one is verified "
+                     "(a directory that is not a bundle is never replaced)")
     exp.add_argument(
         "--precision", default="fp32,int8", metavar="LIST",
         help="comma-separated precisions to write: fp32 (always), int8, fp16, int4, int8-qdq (static Q/DQ "
@@ -117,62 +110,148 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--verify-images", type=int, default=4, metavar="N", help="random images checked against PyTorch")
     exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
-    from .feeds.command import add_feed_parser  # `edgecap feed` (video needs edgecap[feeds])
+    from .feeds.command import add_feed_parser  # `edgecap feed` (video needs the [feeds] extra)
 
     add_feed_parser(sub)
 
-    from .gpu.trt_build import add_build_engine_parser  # `edgecap build-engine` (needs edgecap[tensorrt])
+    from .gpu.trt_build import add_build_engine_parser  # `edgecap build-engine` (needs the [tensorrt] extra)
 
     add_build_engine_parser(sub)
     return parser
 
 
+PROGRESS_MIN_IMAGES = 6  # fewer finish before a progress line would be worth reading
+
+
 def _caption(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from .captioner import Captioner
-    from .preprocess import load_image
 
     options = generation_options(args)
     if args.batch_size < 1:
         raise EdgecapError("--batch-size must be >= 1")
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            raise EdgecapError("--max-pixels must be >= 1")
+        # PIL reads this global at every open; this process is the command, so setting it is local enough
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
     captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
-    captioner.resolve_options(options)  # bad options fail before any image is read
-    failed = 0
-    pending: list[tuple[str, object]] = []
+    resolved = captioner.resolve_options(options)  # bad options fail before any image is read
+    items = list(expand_inputs(args.paths, recursive=args.recursive))
+    writer = _CaptionWriter(args.json, {"model": captioner.bundle.manifest.source.model,
+                                        "precision": captioner.precision}, resolved.num_return_sequences > 1)
+    # stderr only, and only on a terminal: piped or logged runs get exactly what they got before
+    status = StatusLine(sys.stderr, log_lines=False, quiet=len(items) < PROGRESS_MIN_IMAGES)
+    progress = _Progress(status, len(items))
+    pending: list[tuple[str, object, str | None]] = []  # input order kept across failures
 
     def flush() -> None:
-        if not pending:
-            return
-        caps = captioner.caption([img for _, img in pending], options=options, batch_size=len(pending))
-        for (path, _), c in zip(pending, caps):
-            if args.json:
-                line = json.dumps({"path": path, "caption": c.text, "score": c.score, "token_ids": list(c.token_ids)})
+        good = [img for _, img, problem in pending if problem is None]
+        caps = iter(captioner.caption(good, options=options, batch_size=len(good)) if good else [])
+        status.clear()
+        for path, _, problem in pending:
+            if problem is None:
+                writer.caption(path, next(caps))
             else:
-                line = f"{path}\t{c.text}"
-            print(line, flush=True)
+                status.print(f"{path}: {problem}")
+                writer.failure(path, problem)
+        progress.advance(len(pending), sum(1 for *_, problem in pending if problem is not None))
         pending.clear()
 
-    for path, problem in expand_inputs(args.paths):
-        if problem is None:
-            try:
-                pending.append((path, load_image(path)))
-            except ImageError as exc:
-                problem = exc.problem
-        if problem is not None:
-            failed += 1
-            _say(f"{path}: {problem}")
-        if len(pending) >= args.batch_size:
-            flush()
-    flush()
-    return EXIT_INPUT_FAILED if failed else EXIT_OK
+    try:
+        progress.show()
+        for path, problem in items:
+            image = None
+            if problem is None:
+                image, problem = _load(path)
+            pending.append((path, image, problem))
+            waiting = sum(1 for *_, p in pending if p is None)
+            if waiting == 0 or waiting >= args.batch_size:  # a failure with nothing to wait for is said at once
+                flush()
+        flush()
+    finally:
+        status.close()
+    progress.summary()
+    return EXIT_INPUT_FAILED if progress.failed else EXIT_OK
+
+
+def _load(path: str) -> tuple[Any, str | None]:
+    """(PIL image, None) or (None, the problem)."""
+    from .errors import ImageError
+    from .preprocess import load_image
+
+    try:
+        return load_image(path), None
+    except ImageError as exc:
+        problem = exc.problem
+    if "decompression bomb" in problem:
+        problem += "; if you trust it, allow it with --max-pixels N"
+    return None, problem
+
+
+class _CaptionWriter:
+    """stdout: PATH<TAB>CAPTION[<TAB>ALTERNATIVE...], or one JSON object per input (failures too,
+    so a consumer sees every input exactly once)."""
+
+    def __init__(self, json_lines: bool, extra: dict, alternatives: bool) -> None:
+        self.json_lines, self.extra, self.alternatives = json_lines, extra, alternatives
+
+    def caption(self, path: str, c: Any) -> None:
+        if not self.json_lines:
+            print("\t".join([path, c.text] + [a.text for a in c.alternatives]), flush=True)
+            return
+        record = {"path": path, **self._fields(c), **self.extra}
+        if self.alternatives:
+            record["alternatives"] = [self._fields(a) for a in c.alternatives]
+        print(json.dumps(record), flush=True)
+
+    def failure(self, path: str, problem: str) -> None:
+        if self.json_lines:
+            print(json.dumps({"path": path, "error": problem, **self.extra}), flush=True)
+
+    @staticmethod
+    def _fields(c: Any) -> dict:
+        return {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids)}
+
+
+class _Progress:
+    """`caption`'s progress line: images done of the total, rate, time left, failures."""
+
+    def __init__(self, status: StatusLine, total: int) -> None:
+        self.status, self.total = status, total
+        self.done = self.failed = 0
+        self.t0 = time.monotonic()
+
+    def show(self, force: bool = True) -> None:
+        elapsed = time.monotonic() - self.t0
+        rate = self.done / elapsed if self.done and elapsed > 0 else 0.0
+        eta = f", {format_eta((self.total - self.done) / rate)} left" if rate else ""
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.status.update(f"{self.done}/{self.total} images {bar(self.done, self.total)} {rate:.1f}/s{eta}{failed}",
+                           force=force)
+
+    def advance(self, count: int, failed: int) -> None:
+        self.done += count
+        self.failed += failed
+        self.show(force=False)
+
+    def summary(self) -> None:
+        if self.status.tty and not self.status.quiet:
+            seconds = time.monotonic() - self.t0
+            failed = f", {self.failed} failed" if self.failed else ""
+            self.status.print(f"{self.done} images in {seconds:.1f}s{failed}")
 
 
 def _export(args: argparse.Namespace) -> int:
     try:
         from edgecap_export.exporter import ExportOptions, PartialExportError, export
     except ImportError as exc:
+        if (exc.name or "").split(".")[0] in ("edgecap", "edgecap_export"):
+            raise  # a broken install of our own, not a missing extra: an internal error
         raise EdgecapError(
             f"`edgecap export` needs the exporter's dependencies ({exc.name or exc} is missing): "
-            "pip install 'edgecap[export]'"
+            f"{install_command('export')}"
         ) from None
     def image_dir(path: str | None, purpose: str) -> tuple[str, ...]:
         if not path:
@@ -192,6 +271,7 @@ def _export(args: argparse.Namespace) -> int:
         allow_partial=args.allow_partial,
         eval_images=eval_images,
         calibration_images=calibration_images,
+        force=args.force,
         prompt=args.prompt,
     )
     try:

@@ -101,7 +101,8 @@ def load_model(model: str):
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        where = "no such directory, and the hub did not provide it" if not Path(model).exists() else "cannot read a model config"
+        missing = not Path(model).exists()
+        where = "directory not found, and the Hugging Face Hub did not provide it" if missing else "cannot read a model config"
         raise ExportError(f"{model}: {where} ({str(exc).splitlines()[0]})") from None
     if config.model_type != "vision-encoder-decoder":
         raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder'")
