@@ -134,6 +134,12 @@ class OrtStepDecoder:
     def __init__(self, session: ort.InferenceSession, arch: mf.Architecture, graph: mf.GraphSpec) -> None:
         self.session = session
         dtypes = {t.name: t.dtype for t in graph.inputs}
+        # The attention-emitting variant (manifest GraphPair.decoder_attentions): which layer's
+        # cross-attention `cross_attentions()` returns, and whether heads are averaged.
+        outputs = {t.name for t in graph.outputs}
+        self.emits_attentions = all(mf.cross_attention(i) in outputs for i in range(arch.decoder_layers))
+        self.attention_layer = arch.decoder_layers - 1
+        self.attention_heads = "mean"
         self.cache_dtype = np.dtype(dtypes[mf.past_key(0)])  # float16 graphs keep a float16 cache
         self.arch = arch
         self.layers = arch.decoder_layers
@@ -178,6 +184,8 @@ class OrtStepDecoder:
             self._new_keys = [np.empty((n, h, d, 1), self.cache_dtype) for _ in range(self.layers)]
             self._new_values = [np.empty((n, h, 1, d), self.cache_dtype) for _ in range(self.layers)]
             self._logits = np.empty((n, self.arch.vocab_size), np.float32)
+            if self.emits_attentions:
+                self._attentions = [np.empty((n, h, self.arch.encoder_seq_len), np.float32) for _ in range(self.layers)]
             self._ids = np.zeros((n, 1), np.int64)
             self._step = np.zeros(1, np.int64)
         self._bind()
@@ -191,6 +199,8 @@ class OrtStepDecoder:
         for i in range(self.layers):
             outputs[mf.new_key(i)] = self._new_keys[i]
             outputs[mf.new_value(i)] = self._new_values[i]
+            if self.emits_attentions:  # every layer: an unbound graph output is an error
+                outputs[mf.cross_attention(i)] = self._attentions[i]
         self._binding = self.session.io_binding()
         self._bound = []  # OrtValues alias the numpy buffers: keep both alive while bound
         for name, arr in self._feeds.items():
@@ -215,6 +225,12 @@ class OrtStepDecoder:
                 self._values[i][:, :, step, :] = self._new_values[i][:, :, 0, :]
         self._filled = step + 1
         return self._logits.copy()
+
+    def cross_attentions(self) -> np.ndarray:
+        """The last step's cross-attention at `attention_layer`: [rows, S] averaged over heads
+        (attention_heads "mean", in float32 as torch averages), or [rows, heads, S] ("all")."""
+        att = self._attentions[self.attention_layer]
+        return att.mean(axis=1, dtype=np.float32) if self.attention_heads == "mean" else att.copy()
 
     def reorder(self, src_rows: np.ndarray) -> None:
         n = self._filled

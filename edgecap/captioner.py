@@ -6,9 +6,10 @@ Each stage is public and usable alone: `preprocess` -> `encode` -> `decode` -> `
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import decoding
 from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, load_bundle, sha256_file
 from .errors import BundleError, OptionsError
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
 from .preprocess import ImageSource, PreprocessSpec, preprocess
@@ -34,6 +35,23 @@ class Caption:
     token_ids: tuple[int, ...]  # without the decoder start token, up to and including eos, no padding
     score: float  # beam search: transformers' sequence score; greedy: sum of token log-probs
     alternatives: tuple["Caption", ...] = field(default=())  # further hypotheses (num_return_sequences > 1)
+    # One per token_ids entry: the token's log-probability after the logits processors, as
+    # transformers' compute_transition_scores(sequences, scores, beam_indices) gives it (greedy:
+    # normalize_logits=True); for beam search, from the beam that chose it.
+    token_scores: tuple[float, ...] = field(default=())
+    # caption(output_attentions=True) only: float32 [tokens, encoder_seq] (heads averaged) or
+    # [tokens, heads, encoder_seq], the cross-attention the decoder used when it chose each token.
+    # `edgecap.attention.to_grid` maps it onto the image.
+    cross_attentions: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def confidence(self) -> float:
+        """exp(mean of token_scores): the geometric mean of the chosen tokens' probabilities, in
+        (0, 1]; comparable across lengths (a sum is not), 0.0 for an empty caption. One unsure
+        character in a long OCR line moves it little: look at `token_scores` for those."""
+        if not self.token_scores:
+            return 0.0
+        return math.exp(math.fsum(self.token_scores) / len(self.token_scores))
 
 
 def default_bundle_dir() -> Path | None:
@@ -98,6 +116,8 @@ class Captioner:
                 self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
                 self._encoder, self._decoder = self._cpu_models(threads)
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
+        self._threads, self._verify_checksums = threads, verify_checksums
+        self._attention_decoder: OrtStepDecoder | None = None  # loaded on the first output_attentions=True
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
 
@@ -142,13 +162,58 @@ class Captioner:
         return self._encoder(np.ascontiguousarray(pixel_values, dtype=np.float32))
 
     def decode(
-        self, encoded: dict[str, np.ndarray], options: GenerationOptions | None = None
+        self,
+        encoded: dict[str, np.ndarray],
+        options: GenerationOptions | None = None,
+        output_attentions: bool = False,
+        attention_layer: int = -1,
+        attention_heads: str = "mean",
     ) -> list[list[decoding.Hypothesis]]:
-        """Generate token ids for encoded images: a list (per image) of hypotheses, best first."""
+        """Generate token ids for encoded images: a list (per image) of hypotheses, best first
+        (with their cross-attentions when `output_attentions`, see `caption`)."""
         opts = self.resolve_options(options)
         batch = next(iter(encoded.values())).shape[0]
-        self._decoder.set_encoded(encoded)
-        return decoding.decode(self._decoder, batch, opts)
+        decoder = self._attention_model(attention_layer, attention_heads) if output_attentions else self._decoder
+        decoder.set_encoded(encoded)
+        return decoding.decode(decoder, batch, opts, attentions=output_attentions)
+
+    def _attention_model(self, layer: int, heads: str) -> OrtStepDecoder:
+        """The attention-emitting decoder step, loaded on first use (the normal one stays as it is),
+        set to return `layer`'s cross-attention with `heads` "mean" or "all"."""
+        layers = self.bundle.manifest.architecture.decoder_layers
+        if heads not in ("mean", "all"):
+            raise OptionsError(f"attention_heads must be 'mean' or 'all', got {heads!r}")
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -layers <= layer < layers:
+            raise OptionsError(f"attention_layer must be an integer in [{-layers}, {layers - 1}] "
+                               f"(this decoder has {layers} layers), got {layer!r}")
+        if self._attention_decoder is None:
+            if self.backend != "cpu":
+                raise OptionsError(f"attention maps run on the cpu backend only, not {self.backend}; "
+                                   "use Captioner(..., backend='cpu') (--backend cpu)")
+            graph = self.bundle.graphs(self.precision).decoder_attentions
+            if graph is None:
+                raise OptionsError(
+                    f"{self.bundle.path}: its {self.precision} graphs have no attention-emitting decoder step; "
+                    "re-export the model with `edgecap export MODEL OUTDIR --with-attentions` "
+                    "(ExportOptions(with_attentions=True)) to get cross-attention maps")
+            if self._verify_checksums:
+                self._check_graph_files(graph.file)
+            session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads))
+            self._attention_decoder = OrtStepDecoder(session, self.bundle.manifest.architecture, graph)
+        self._attention_decoder.attention_layer = layer % layers
+        self._attention_decoder.attention_heads = heads
+        return self._attention_decoder
+
+    def _check_graph_files(self, rel: str) -> None:
+        """What load_bundle checks of the graphs it loads, for a graph loaded later: its bytes (and
+        its external weights', "<graph>.onnx.data") are those export wrote."""
+        files = self.bundle.manifest.files
+        if rel not in files:
+            raise BundleError(f"{self.bundle.path / 'manifest.json'}: {rel} has no checksum in 'files'")
+        for name in [rel] + [f for f in files if f.startswith(rel + ".")]:
+            path = self.bundle.file(name)
+            if sha256_file(path) != files[name]:
+                raise BundleError(f"{path}: checksum mismatch (the file was changed after export); re-export the bundle")
 
     def resolve_options(self, options: GenerationOptions | None = None) -> ResolvedOptions:
         """Options with the bundle's defaults filled in, checked against this model (OptionsError,
@@ -173,6 +238,9 @@ class Captioner:
         images: Sequence[ImageSource] | ImageSource,
         options: GenerationOptions | None = None,
         batch_size: int = 8,
+        output_attentions: bool = False,
+        attention_layer: int = -1,
+        attention_heads: str = "mean",
         **generation_kwargs,
     ) -> list[Caption]:
         """Caption images (paths, PIL images or HxWx3 uint8 arrays, any mix): one `Caption` each.
@@ -181,6 +249,11 @@ class Captioner:
         max_new_tokens, min_new_tokens, length_penalty, no_repeat_ngram_size, early_stopping,
         num_return_sequences, prompt_ids, prompt, bad_words_ids); those left as None take `options`'
         value, then the bundle's default. With a prompt, `token_ids` and `text` are what follows it.
+
+        `output_attentions` (not a generation option: the tokens are the same either way) fills
+        `Caption.cross_attentions` from decoder layer `attention_layer` (negative counts from the
+        last), heads averaged ("mean") or kept ("all"). It needs a bundle exported with
+        `--with-attentions` and the cpu backend, and runs that bundle's attention-emitting step.
         """
         unknown = sorted(set(generation_kwargs) - set(OPTION_NAMES))
         if unknown:
@@ -189,11 +262,14 @@ class Captioner:
             images = [images]
         opts = (options or GenerationOptions()).merged(**generation_kwargs)
         self.resolve_options(opts)  # fail on bad options before any work
+        if output_attentions:
+            self._attention_model(attention_layer, attention_heads)
         out: list[Caption] = []
         images = list(images)
         for start in range(0, len(images), max(1, batch_size)):
             chunk = images[start : start + batch_size]
-            hyps = self.decode(self.encode(self.preprocess(chunk)), opts)
+            hyps = self.decode(self.encode(self.preprocess(chunk)), opts, output_attentions, attention_layer,
+                               attention_heads)
             out.extend(self._to_caption(h) for h in hyps)
         return out
 
@@ -222,5 +298,6 @@ class Captioner:
                             on_error=on_error)
 
     def _to_caption(self, hyps: list[decoding.Hypothesis]) -> Caption:
-        caps = [Caption(self.detokenize(h.token_ids), h.token_ids, h.score) for h in hyps]
-        return Caption(caps[0].text, caps[0].token_ids, caps[0].score, tuple(caps[1:]))
+        caps = [Caption(self.detokenize(h.token_ids), h.token_ids, h.score, (), h.token_scores, h.cross_attentions)
+                for h in hyps]
+        return replace(caps[0], alternatives=tuple(caps[1:]))

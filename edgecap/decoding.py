@@ -9,7 +9,7 @@ early-stopping heuristics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -31,11 +31,20 @@ class StepModel(Protocol):
     def reorder(self, src_rows: np.ndarray) -> None:
         """Beam search: row i's cache becomes the cache of row src_rows[i]."""
 
+    def cross_attentions(self) -> np.ndarray:
+        """Attention-emitting decoders only (asked for with `attentions=True`): the cross-attention
+        of the last step, [rows, ...] over the encoder's tokens, a copy the caller may keep."""
+
 
 @dataclass(frozen=True)
 class Hypothesis:
     token_ids: tuple[int, ...]  # generated ids without the start token, up to and including eos
     score: float
+    # Per token, its log-probability after the logits processors, from the beam that chose it:
+    # transformers' compute_transition_scores (normalize_logits=True for greedy).
+    token_scores: tuple[float, ...] = ()
+    # Per token, the decoder's cross-attention when it chose that token (when asked for).
+    cross_attentions: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -104,7 +113,7 @@ def process_scores(scores: np.ndarray, seqs: np.ndarray, opts: ResolvedOptions) 
     return scores
 
 
-def greedy(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hypothesis]]:
+def greedy(model: StepModel, batch: int, opts: ResolvedOptions, attentions: bool = False) -> list[list[Hypothesis]]:
     """Greedy decoding; score = sum of the chosen tokens' log-probabilities (after processors)."""
     eos = np.array(opts.eos_token_ids, dtype=np.int64)
     pad = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
@@ -115,19 +124,30 @@ def greedy(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hyp
     prefill(model, seqs, p)
     lengths = np.zeros(batch, dtype=np.int64)
     scores = np.zeros(batch, dtype=np.float32)
+    token_scores = np.zeros((batch, opts.max_new_tokens), dtype=np.float32)
+    steps_attention: list[np.ndarray] = []
     unfinished = np.ones(batch, dtype=bool)
     for t in range(p - 1, p - 1 + opts.max_new_tokens):
         logits = model.step(seqs[:, t], t)  # the decoder's own copy: processed in place
+        if attentions:
+            steps_attention.append(model.cross_attentions())
         processed = process_scores(logits.astype(np.float32, copy=False), seqs[:, : t + 1], opts)
         nxt, logp = _argmax_logprob(processed)
         nxt = np.where(unfinished, nxt, pad)
         seqs[:, t + 1] = nxt
         scores += np.where(unfinished, logp, 0).astype(np.float32)
+        token_scores[:, t + 1 - p] = logp
         lengths += unfinished
         unfinished &= ~np.isin(nxt, eos)
         if not unfinished.any():
             break
-    return [[Hypothesis(tuple(seqs[b, p : p + lengths[b]].tolist()), float(scores[b]))] for b in range(batch)]
+    out = []
+    for b in range(batch):
+        n = int(lengths[b])
+        att = np.stack([a[b] for a in steps_attention[:n]]) if attentions else None
+        out.append([Hypothesis(tuple(seqs[b, p : p + n].tolist()), float(scores[b]),
+                               tuple(token_scores[b, :n].tolist()), att)])
+    return out
 
 
 def prefill(model: StepModel, seqs: np.ndarray, prompt_len: int) -> None:
@@ -165,7 +185,7 @@ def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.take_along_axis(a, idx, axis=1)
 
 
-def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hypothesis]]:
+def beam_search(model: StepModel, batch: int, opts: ResolvedOptions, attentions: bool = False) -> list[list[Hypothesis]]:
     nb = opts.num_beams
     eos = np.array(opts.eos_token_ids, dtype=np.int64)
     keep = max(2, 1 + len(eos)) * nb
@@ -183,6 +203,12 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
     running_scores[:, 1:] = _NEG
     sequences = running.copy()
     seq_lens = np.zeros((batch, nb), dtype=np.int64)  # generated tokens of each finished hypothesis
+    # Per beam and generated token: its processed log-prob and the decoder row that chose it
+    # (transformers' beam_indices), carried through every reorder like the tokens themselves.
+    running_tok = np.zeros((batch, nb, opts.max_new_tokens), dtype=np.float32)
+    running_rows = np.zeros((batch, nb, opts.max_new_tokens), dtype=np.int64)
+    tok_scores, tok_rows = running_tok.copy(), running_rows.copy()
+    steps_attention: list[np.ndarray] = []
     beam_scores = np.full((batch, nb), _NEG, dtype=np.float32)
     finished = np.zeros((batch, nb), dtype=bool)
     improvable = np.ones((batch, 1), dtype=bool)
@@ -192,6 +218,8 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
     while True:
         flat = running[:, :, :cur_len].reshape(batch * nb, cur_len)
         logits = model.step(flat[:, -1], cur_len - 1)
+        if attentions:
+            steps_attention.append(model.cross_attentions())
         logp = process_scores(log_softmax(logits), flat, opts)
         vocab = logp.shape[-1]
         acc = (logp.reshape(batch, nb, vocab) + running_scores[:, :, None]).reshape(batch, nb * vocab)
@@ -201,12 +229,17 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
         src_beam, ids = idx // vocab, idx % vocab
         topk_seqs = _take(running, src_beam)
         topk_seqs[:, :, cur_len] = ids
+        new = cur_len - prompt_len
+        topk_tok, topk_rows = _take(running_tok, src_beam), _take(running_rows, src_beam)
+        topk_tok[:, :, new] = np.take_along_axis(logp.reshape(batch, nb * vocab), idx, axis=1)
+        topk_rows[:, :, new] = src_beam + offsets
         hits = np.isin(ids, eos) | (cur_len + 1 >= max_length)
 
         # the best candidates that did not stop continue as running beams
         run_lp = topk_lp + hits.astype(np.float32) * _NEG
         nxt = _topk(run_lp, nb)
         running = _take(topk_seqs, nxt)
+        running_tok, running_rows = _take(topk_tok, nxt), _take(topk_rows, nxt)
         running_scores = np.take_along_axis(run_lp, nxt, axis=1)
         src_rows = (np.take_along_axis(src_beam, nxt, axis=1) + offsets).reshape(-1)
 
@@ -220,6 +253,8 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
         merged_scores = np.concatenate([beam_scores, norm], axis=1)
         sel = _topk(merged_scores, nb)
         sequences = _take(np.concatenate([sequences, topk_seqs], axis=1), sel)
+        tok_scores = _take(np.concatenate([tok_scores, topk_tok], axis=1), sel)
+        tok_rows = _take(np.concatenate([tok_rows, topk_rows], axis=1), sel)
         seq_lens = _take(np.concatenate([seq_lens, np.full((batch, keep), cur_len + 1 - prompt_len)], axis=1), sel)
         finished = _take(np.concatenate([finished, just_finished], axis=1), sel)
         beam_scores = np.take_along_axis(merged_scores, sel, axis=1)
@@ -243,13 +278,17 @@ def beam_search(model: StepModel, batch: int, opts: ResolvedOptions) -> list[lis
         hyps = []
         for j in range(opts.num_return_sequences):
             n = int(seq_lens[b, j])
-            hyps.append(Hypothesis(tuple(sequences[b, j, prompt_len : prompt_len + n].tolist()), float(beam_scores[b, j])))
+            rows = tok_rows[b, j, :n]
+            att = np.stack([steps_attention[t][r] for t, r in enumerate(rows)]) if attentions else None
+            hyps.append(Hypothesis(tuple(sequences[b, j, prompt_len : prompt_len + n].tolist()), float(beam_scores[b, j]),
+                                   tuple(tok_scores[b, j, :n].tolist()), att))
         out.append(hyps)
     return out
 
 
-def decode(model: StepModel, batch: int, opts: ResolvedOptions) -> list[list[Hypothesis]]:
-    """`num_return_sequences` hypotheses per image, best first."""
+def decode(model: StepModel, batch: int, opts: ResolvedOptions, attentions: bool = False) -> list[list[Hypothesis]]:
+    """`num_return_sequences` hypotheses per image, best first; with `attentions`, each with the
+    cross-attention of every token (the model must be an attention-emitting one)."""
     if opts.num_beams == 1:
-        return greedy(model, batch, opts)
-    return beam_search(model, batch, opts)
+        return greedy(model, batch, opts, attentions)
+    return beam_search(model, batch, opts, attentions)

@@ -6,6 +6,8 @@ A bundle is a directory::
     tokenizer.json         a `tokenizers` tokenizer
     <precision>/encoder.onnx   pixels -> per-decoder-layer cross-attention K and V
     <precision>/decoder.onnx   one KV-cached decoder step
+    <precision>/decoder_attn.onnx   the same step, also emitting cross-attention (optional,
+                                    `edgecap export --with-attentions`)
 
 Tensor names live here and nowhere else, so the exporter and the runtime cannot drift apart
 (piper types them twice). Loading is strict: unknown or missing keys are named in the error,
@@ -68,6 +70,12 @@ def new_value(layer: int) -> str:
     return f"new_value.{layer}"
 
 
+def cross_attention(layer: int) -> str:
+    """Attention-emitting decoder only: one layer's cross-attention probabilities of this step,
+    [batch, heads, enc_seq] float32 (each row sums to 1 over the encoder's tokens)."""
+    return f"cross_attention.{layer}"
+
+
 # --- schema --------------------------------------------------------------------------------
 
 
@@ -89,6 +97,9 @@ class GraphSpec:
 class GraphPair:
     encoder: GraphSpec
     decoder: GraphSpec
+    # The decoder step again, with cross_attention.i outputs: loaded only when attention maps are
+    # asked for, so the normal step pays nothing for them. None: exported without --with-attentions.
+    decoder_attentions: GraphSpec | None = None
 
 
 @dataclass(frozen=True)

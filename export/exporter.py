@@ -58,6 +58,9 @@ class ExportOptions:
     calibration_images: tuple[str, ...] = ()  # int8-qdq activation ranges; default: 16 evaluation images
     int4_block_size: int = 32
     force: bool = False  # replace an existing bundle at outdir (only once the new one is verified)
+    # also write <precision>/decoder_attn.onnx, the decoder step emitting cross-attention (attention
+    # maps); the normal decoder.onnx is unchanged by it
+    with_attentions: bool = False
     # the bundle's default decoder prompt (e.g. Donut's "<s_cord-v2>"), tokenized without special tokens
     prompt: str | None = None
 
@@ -229,18 +232,26 @@ def _check_precisions(precisions: tuple[str, ...]) -> None:
 def _build_precision(
     prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str], calib_pixels: np.ndarray | None = None
 ) -> mf.GraphPair:
-    """Write one precision's graphs under root/<prec>/ (the int4 encoder reuses int8's when present)."""
+    """Write one precision's graphs under root/<prec>/ (the int4 encoder reuses int8's when present).
+
+    With `options.with_attentions`, the decoder step's attention-emitting variant too
+    (decoder_attn.onnx), built or derived exactly as the normal step is."""
+    decoders = ["decoder"] + (["decoder_attn"] if options.with_attentions else [])
     if prec in graphs.BUILT_PRECISIONS:
         _save_graph(graphs.build_encoder(enc, dec, prec)[0], root / prec / "encoder.onnx")
-        _save_graph(graphs.build_decoder_step(dec, enc.seq_len, prec)[0], root / prec / "decoder.onnx")
+        for name in decoders:
+            step = graphs.build_decoder_step(dec, enc.seq_len, prec, attentions=name == "decoder_attn")[0]
+            _save_graph(step, root / prec / f"{name}.onnx")
         enc_rel = f"{prec}/encoder.onnx"
     elif prec == "int8-qdq":
         enc_feeds, dec_feeds = verify.calibration_feeds(root, calib_pixels)
         quantize.quantize_int8_qdq(root / "fp32" / "encoder.onnx", root / prec / "encoder.onnx", enc_feeds)
-        quantize.quantize_int8_qdq(root / "fp32" / "decoder.onnx", root / prec / "decoder.onnx", dec_feeds)
+        for name in decoders:  # the same feeds calibrate both steps: their inputs are the same
+            quantize.quantize_int8_qdq(root / "fp32" / f"{name}.onnx", root / prec / f"{name}.onnx", dec_feeds)
         enc_rel = f"{prec}/encoder.onnx"
     elif prec == "int4":
-        quantize.quantize_int4(root / "fp32" / "decoder.onnx", root / "int4" / "decoder.onnx", options.int4_block_size)
+        for name in decoders:
+            quantize.quantize_int4(root / "fp32" / f"{name}.onnx", root / "int4" / f"{name}.onnx", options.int4_block_size)
         if "int8" in done:
             enc_rel = "int8/encoder.onnx"
         else:
@@ -248,7 +259,8 @@ def _build_precision(
             enc_rel = "int4/encoder.onnx"
     else:
         raise ExportError(f"unknown precision {prec!r}")
-    return mf.GraphPair(_graph_spec(root, enc_rel), _graph_spec(root, f"{prec}/decoder.onnx"))
+    attn = _graph_spec(root, f"{prec}/decoder_attn.onnx") if options.with_attentions else None
+    return mf.GraphPair(_graph_spec(root, enc_rel), _graph_spec(root, f"{prec}/decoder.onnx"), attn)
 
 
 def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None = None) -> Path:

@@ -8,6 +8,7 @@ transformers versions. `verify.py` holds them to PyTorch.
 Encoder graph:  pixel_values [B,3,H,W] -> cross_key.i [B,h,d,S], cross_value.i [B,h,S,d]
 Decoder step:   input_ids [B,1], step [1], past_key.i [B,h,d,T], past_value.i [B,h,T,d], cross K/V
                 -> logits [B,V], new_key.i [B,h,d,1], new_value.i [B,h,1,d]
+                (+ cross_attention.i [B,h,S] in the attention-emitting variant, `attentions=True`)
 The self-attention cache has a fixed length T per call (the runtime's buffer); slots >= step are
 masked, so one TensorRT profile covers a whole caption.
 """
@@ -71,8 +72,15 @@ def build_encoder(enc: Encoder | SwinEncoder, dec: Decoder, precision: str = "fp
     return g.build(), g.specs_in, g.specs_out
 
 
-def build_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32") -> tuple[onnx.ModelProto, list, list]:
-    """One KV-cached decoder step over a fixed-length, masked self-attention cache."""
+def build_decoder_step(
+    dec: Decoder, enc_seq: int, precision: str = "fp32", attentions: bool = False
+) -> tuple[onnx.ModelProto, list, list]:
+    """One KV-cached decoder step over a fixed-length, masked self-attention cache.
+
+    attentions: also output each layer's cross-attention probabilities of this step,
+    cross_attention.i [B, heads, S] fp32 (the `--with-attentions` variant). The nodes are only
+    added when asked, so the normal graph is byte for byte what it is without the option.
+    """
     g = GraphBuilder("edgecap_decoder_step", precision)
     heads, head_dim, hidden = dec.num_heads, dec.head_dim, dec.hidden
     kv = g.kv_dtype
@@ -154,6 +162,9 @@ def build_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32") -> t
         # make a beam's logits depend (by an ulp) on how many beams it has (tests/test_invariance.py).
         cq = g.op("Reshape", [g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), cross_shape])  # [b,nb,h,1,d]
         cprobs = softmax(g, g.op("MatMul", [cq, cross_k5[i]]))  # [b,nb,h,1,S]
+        if attentions:  # the probabilities the context below is made of, one row per decoder row
+            att = g.to_float(g.op("Reshape", [cprobs, g.const([-1, heads, enc_seq])]))
+            g.output(att, mf.cross_attention(i), "float32", ["batch", heads, enc_seq])
         cctx = g.op("Reshape", [g.op("MatMul", [cprobs, cross_v5[i]]), g.const([-1, hidden])])  # [rows,E]
         a = g.to_float(g.linear(cctx, layer.cross_attn.o, f"{p}.cross.o"))
         x = g.op("Add", [x, a])
