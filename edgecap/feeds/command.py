@@ -157,8 +157,12 @@ class Progress(FeedListener):
 def run_command(args: argparse.Namespace) -> int:
     check_args(args)
     if args.ray is not None:
-        from ..ray.command import run_ray_command  # imports Ray itself only when it runs
-
+        try:
+            from ..ray.command import run_ray_command  # imports Ray only when asked for
+        except ImportError as exc:
+            if "edgecap.ray needs" not in str(exc):
+                raise
+            raise FeedError(f"--ray: {exc}") from None
         return run_ray_command(args)
     from ..captioner import Captioner
 
