@@ -55,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "(one per line, taken literally)")
     cap.add_argument("-r", "--recursive", action="store_true", help="scan directories' subdirectories too")
     cap.add_argument("--json", action="store_true",
-                     help="print one JSON object per input: path, caption, score, token_ids, model, precision "
-                     "(alternatives with --num-return-sequences); a failed input has path and error")
+                     help="print one JSON object per input: path, caption, score, token_ids, token_scores (each "
+                     "token's log-probability), confidence (exp of their mean), model, precision (alternatives "
+                     "with --num-return-sequences); a failed input has path and error")
+    cap.add_argument("--attention-maps", metavar="DIR",
+                     help="also write DIR/NAME.png per image: one heatmap per generated token of where the decoder "
+                     "looked, titled with the token and its probability (bundles exported with --with-attentions)")
     cap.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per model call (default: 8)")
     cap.add_argument("--max-pixels", type=int, metavar="N",
                      help="largest image to decode, in pixels (default: PIL's decompression-bomb limit, "
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration", metavar="DIR",
         help="images whose activation ranges calibrate int8-qdq (default: 16 of the evaluation images)",
     )
+    exp.add_argument("--with-attentions", action="store_true",
+                     help="also write an attention-emitting decoder step per precision, for `caption --attention-maps` "
+                     "and Captioner.caption(output_attentions=True); the normal step is unchanged")
     exp.add_argument("--verify-images", type=int, default=4, metavar="N", help="random images checked against PyTorch")
     exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
@@ -138,6 +145,12 @@ def _caption(args: argparse.Namespace) -> int:
         Image.MAX_IMAGE_PIXELS = args.max_pixels
     captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
     resolved = captioner.resolve_options(options)  # bad options fail before any image is read
+    maps = None
+    if args.attention_maps:
+        from .attention import AttentionMapWriter
+
+        captioner.caption([], output_attentions=True)  # a bundle without attentions fails before any work
+        maps = AttentionMapWriter(args.attention_maps)
     items = list(expand_inputs(args.paths, recursive=args.recursive))
     writer = _CaptionWriter(args.json, {"model": captioner.bundle.manifest.source.model,
                                         "precision": captioner.precision}, resolved.num_return_sequences > 1)
@@ -148,11 +161,15 @@ def _caption(args: argparse.Namespace) -> int:
 
     def flush() -> None:
         good = [img for _, img, problem in pending if problem is None]
-        caps = iter(captioner.caption(good, options=options, batch_size=len(good)) if good else [])
+        caps = iter(captioner.caption(good, options=options, batch_size=len(good), output_attentions=maps is not None)
+                    if good else [])
         status.clear()
-        for path, _, problem in pending:
+        for path, image, problem in pending:
             if problem is None:
-                writer.caption(path, next(caps))
+                c = next(caps)
+                writer.caption(path, c)
+                if maps is not None:
+                    maps.write(captioner, path, image, c)
             else:
                 status.print(f"{path}: {problem}")
                 writer.failure(path, problem)
@@ -212,7 +229,8 @@ class _CaptionWriter:
 
     @staticmethod
     def _fields(c: Any) -> dict:
-        return {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids)}
+        return {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids),
+                "token_scores": list(c.token_scores), "confidence": c.confidence}
 
 
 class _Progress:
@@ -273,6 +291,7 @@ def _export(args: argparse.Namespace) -> int:
         calibration_images=calibration_images,
         force=args.force,
         prompt=args.prompt,
+        with_attentions=args.with_attentions,
     )
     try:
         out = export(args.model, args.outdir, options)
