@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a VisionEncoderDecoderModel (local directory or hub id) to an edgecap bundle: "
         "encoder graph with cross-attention K/V, KV-cached decoder-step graph, tokenizer, manifest. "
         "The graphs are verified against PyTorch; nothing is written if verification fails.",
+        epilog=EXIT_CODES_HELP,
     )
     exp.add_argument("model", metavar="MODEL", help="model directory (or hub id where a network exists)")
     exp.add_argument("outdir", metavar="OUTDIR", help="bundle directory to create (must not exist or be empty)")

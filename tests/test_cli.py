@@ -147,3 +147,11 @@ def test_max_new_tokens_beyond_the_positions_is_a_usage_error(tmp_path, inputs, 
     assert res.returncode == 2, res.stderr
     assert "32 positions, so at most 32 new tokens" in res.stderr and "Traceback" not in res.stderr
     assert "Gather" not in res.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["caption", "export"])
+def test_help_lists_exit_codes(command):
+    res = run(command, "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())  # argparse wraps the epilog
+    assert "exit codes: 0 ok; 1 some inputs failed" in text and "130 interrupted" in text
