@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .cliargs import (
@@ -154,7 +154,8 @@ def _caption(args: argparse.Namespace) -> int:
         maps = AttentionMapWriter(args.attention_maps)
     items = list(expand_inputs(args.paths, recursive=args.recursive))
     writer = _CaptionWriter(args.json, {"model": captioner.bundle.manifest.source.model,
-                                        "precision": captioner.precision}, resolved.num_return_sequences > 1)
+                                        "precision": captioner.precision}, resolved.num_return_sequences > 1,
+                            _donut_json(captioner))
     # stderr only, and only on a terminal: piped or logged runs get exactly what they got before
     status = StatusLine(sys.stderr, log_lines=False, quiet=len(items) < PROGRESS_MIN_IMAGES)
     progress = _Progress(status, len(items))
@@ -212,8 +213,10 @@ class _CaptionWriter:
     """stdout: PATH<TAB>CAPTION[<TAB>ALTERNATIVE...], or one JSON object per input (failures too,
     so a consumer sees every input exactly once)."""
 
-    def __init__(self, json_lines: bool, extra: dict, alternatives: bool) -> None:
+    def __init__(self, json_lines: bool, extra: dict, alternatives: bool,
+                 to_json: Callable[[Sequence[int]], Any] | None = None) -> None:
         self.json_lines, self.extra, self.alternatives = json_lines, extra, alternatives
+        self.to_json = to_json  # Donut bundles: the answer as DonutProcessor.token2json gives it
 
     def caption(self, path: str, c: Any) -> None:
         if not self.json_lines:
@@ -228,10 +231,21 @@ class _CaptionWriter:
         if self.json_lines:
             print(json.dumps({"path": path, "error": problem, **self.extra}), flush=True)
 
-    @staticmethod
-    def _fields(c: Any) -> dict:
-        return {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids),
-                "token_scores": list(c.token_scores), "confidence": c.confidence}
+    def _fields(self, c: Any) -> dict:
+        fields = {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids),
+                  "token_scores": list(c.token_scores), "confidence": c.confidence}
+        if self.to_json is not None:
+            fields["json"] = self.to_json(c.token_ids)
+        return fields
+
+
+def _donut_json(captioner: Any) -> Callable[[Sequence[int]], Any] | None:
+    """token ids -> JSON for Donut bundles (recognised by their preprocessing), else None."""
+    from .donut import is_donut, sequence_to_json
+
+    if not is_donut(captioner.bundle.manifest):
+        return None
+    return lambda ids: sequence_to_json(ids, captioner.detokenize, captioner.generation_defaults)
 
 
 class _Progress:

@@ -63,6 +63,11 @@ def torch_greedy(hf_model, pixels: np.ndarray, gen: mf.Generation) -> list[list[
                 decoder_start_token_id=gen.decoder_start_token_id,
                 eos_token_id=gen.eos_token_ids or None,
                 pad_token_id=gen.pad_token_id,
+                # processors the runtime does not reproduce (export warns about them) stay off in
+                # the reference too: verification compares the graphs, not the generation configs
+                repetition_penalty=1.0,
+                suppress_tokens=None,
+                begin_suppress_tokens=None,
             )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -102,3 +102,20 @@ def test_captioner_repr(export_tiny):
     _, bundle = export_tiny("deit", "trocr")
     cap = Captioner(bundle, precision="fp32", backend="cpu")
     assert repr(cap) == f"Captioner(bundle={str(bundle)!r}, precision='fp32', backend='cpu', families='deit+trocr')"
+
+
+def test_json_of_a_donut_bundle_has_the_token2json_answer(export_tiny, images, capsys):
+    """Donut bundles (Donut preprocessing) add "json": the answer as DonutProcessor.token2json gives it;
+    other bundles do not."""
+    from edgecap.donut import sequence_to_json
+
+    _, bundle = export_tiny("donut-swin", "mbart")
+    assert main(["caption", str(images / "img0.png"), str(images / "img1.png"), "--bundle", str(bundle), "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    cap = Captioner(bundle)
+    for r in records:
+        assert "json" in r
+        assert r["json"] == json.loads(json.dumps(sequence_to_json(r["token_ids"], cap.detokenize, cap.generation_defaults)))
+    _, vit_bundle = export_tiny("vit", "gpt2")
+    assert main(["caption", str(images / "img0.png"), "--bundle", str(vit_bundle), "--json"]) == 0
+    assert "json" not in json.loads(capsys.readouterr().out)
