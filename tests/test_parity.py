@@ -296,3 +296,19 @@ def test_export_records_a_default_prompt(export_tiny, sample_images, tmp_path):
     explicit = Captioner(plain_bundle, precision="fp32").caption(sample_images, prompt_ids=[17, 42])
     assert [c.token_ids for c in with_default] == [c.token_ids for c in explicit]
     check_parity(ckpt, bundle, sample_images, num_beams=1, prompt_ids=[17, 42])
+
+
+def test_unreproduced_processors_warn_but_do_not_fail_verification(export_tiny, tmp_path, caplog):
+    """A generation config with repetition_penalty: export warns that edgecap does not reproduce it and
+    still verifies the graphs (the PyTorch reference runs without it; it failed with ~54 % agreement)."""
+    from edgecap_export.exporter import ExportOptions, export
+
+    ckpt, _ = export_tiny("vit", "gpt2")
+    ckpt2 = tmp_path / "ckpt"
+    shutil.copytree(ckpt, ckpt2)
+    gen_cfg = json.loads((ckpt2 / "generation_config.json").read_text())
+    gen_cfg["repetition_penalty"] = 3.0
+    (ckpt2 / "generation_config.json").write_text(json.dumps(gen_cfg))
+    with caplog.at_level("WARNING"):
+        export(str(ckpt2), tmp_path / "bundle", ExportOptions(precisions=("fp32",)))
+    assert "repetition_penalty" in caplog.text
