@@ -1,6 +1,8 @@
-"""Workstation-side pieces of `edgecap-bench`: synthetic models and the PyTorch peer.
+"""Workstation-side pieces of `edgecap-bench`: synthetic models and the peers (PyTorch, Optimum,
+OpenVINO), each timed through transformers' `generate()` on the same pixels.
 
-Kept out of `edgecap/` because they import torch and transformers.
+Kept out of `edgecap/` because they import torch and transformers. Optimum and optimum-intel pin
+transformers < 4.58: the bench runs them under `--peer-python` (bench/README.md).
 """
 
 from __future__ import annotations
@@ -127,6 +129,38 @@ class OptimumPeer:
         self.model = ORTModelForVision2Seq.from_pretrained(
             model_path, session_options=so, provider="CPUExecutionProvider", use_merged=False
         )
+        self.load_seconds = time.perf_counter() - t0
+
+    def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
+        return generate_runner(self.model, pixels, num_beams, new_tokens)
+
+
+class OpenVINOPeer:
+    """optimum-intel's `OVModelForVision2Seq` (OpenVINO IR encoder + decoder + decoder_with_past on
+    OpenVINO's CPU plugin, run through transformers' `generate()`), exported once into `workdir`.
+    int8=True is NNCF 8-bit weight compression (`load_in_8bit`), what optimum-intel users get for
+    int8; activations stay floating point. fp32 is held to f32 inference precision: on CPUs with
+    bf16 units (AMX, AVX512-BF16) OpenVINO would otherwise compute in bf16 under an "fp32" label.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_dir: str, threads: int | None, workdir: Path, int8: bool = False) -> None:
+        from optimum.intel import OVModelForVision2Seq
+
+        self.precision = "int8" if int8 else "fp32"
+        model_path = workdir / f"openvino-{self.precision}"
+        if not (model_path / "openvino_encoder_model.xml").is_file():
+            log.info("exporting %s with optimum-intel (%s) into %s", model_dir, self.precision, model_path)
+            model = OVModelForVision2Seq.from_pretrained(model_dir, export=True, compile=False, load_in_8bit=int8)
+            model.save_pretrained(model_path)
+        config = {"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": ""}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        if not int8:
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        t0 = time.perf_counter()
+        self.model = OVModelForVision2Seq.from_pretrained(model_path, ov_config=config, device="CPU")
         self.load_seconds = time.perf_counter() - t0
 
     def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
