@@ -92,6 +92,11 @@ def read_feed(
     if not items:
         raise EdgecapError("no sources to read")
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # Blocks of about ROWS_PER_YIELD frames (this dataset's context only): with Ray Data's default
+    # (128 MiB, a thousand frames) the actors would wait for a whole video to decode before
+    # captioning any of it, and the driver would see progress a video at a time.
+    h, w = spec.output_hw
+    ds.context.target_max_block_size = max(2**20, ROWS_PER_YIELD * 3 * h * w * 4)
     # batch_size=1: a read task per source, so sources decode in parallel across the cluster.
     # The memory request (a decoder and a few frames) also keeps Ray Data from fusing the decode
     # into the captioning actors (it fuses only operators with equal resource requests), where

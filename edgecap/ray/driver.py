@@ -238,8 +238,6 @@ def _init_ray(address: str | None) -> None:
     level = logging.ERROR if quiet else logging.INFO
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(level)
-    if quiet:  # Ray's C++ core logs warnings straight to stderr; its log files keep them
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         ray.init(address=address or "local", logging_level=level, log_to_driver=not quiet,
                  include_dashboard=False, ignore_reinit_error=True)
@@ -306,7 +304,7 @@ def run_ray_feed(
                     out.write_source(source, names[source], records, extra, settings, g.problems)
                     written.append(source)
                 progress.sources_done += 1
-                progress.update(force=True)
+                progress.update()
     for source in gathered:  # only if Ray lost rows without failing the run: never silently
         failed.setdefault(source, []).append(f"{source}: incomplete ({len(gathered[source].frames)} frames arrived); "
                                              "rerun to redo it")
