@@ -260,6 +260,9 @@ def test_usage_errors_exit_2(tmp_path, tiny_bundle, scenes_video, capfd):
         assert main(args) == 2
     err = capfd.readouterr().err
     assert "Traceback" not in err and "--every" in err
+    # `--ray clip.mp4 ...`: the optional address swallowed a source
+    assert main(["feed", "--ray", str(scenes_video), str(scenes_video), "--out", str(tmp_path / "d")]) == 2
+    assert "not a Ray address" in capfd.readouterr().err
 
 
 # --- output, kill and resume ---------------------------------------------------------------------

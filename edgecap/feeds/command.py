@@ -77,6 +77,9 @@ def check_args(args: argparse.Namespace) -> None:
         used = [f"--{k.replace('_', '-')}" for k in RAY_ONLY if getattr(args, k) not in (None, "jsonl")]
         if used:
             raise FeedError(f"{', '.join(used)} only apply with --ray (edgecap feed appends JSON lines to one file)")
+    if args.ray and os.path.exists(args.ray):  # `--ray clip.mp4 ...`: the optional value took a source
+        raise FeedError(f"--ray {args.ray}: that is a file, not a Ray address; put --ray after the sources "
+                        "or write --ray=ADDRESS")
     if args.out == "-":
         if args.ray is not None:
             raise FeedError("--ray writes one result file per source: --out must be a folder, not '-'")
