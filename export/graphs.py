@@ -162,9 +162,13 @@ def build_decoder_step(
         # make a beam's logits depend (by an ulp) on how many beams it has (tests/test_invariance.py).
         cq = g.op("Reshape", [g.linear(h, layer.cross_attn.q, f"{p}.cross.q"), cross_shape])  # [b,nb,h,1,d]
         cprobs = softmax(g, g.op("MatMul", [cq, cross_k5[i]]))  # [b,nb,h,1,S]
-        if attentions:  # the probabilities the context below is made of, one row per decoder row
-            att = g.to_float(g.op("Reshape", [cprobs, g.const([-1, heads, enc_seq])]))
-            g.output(att, mf.cross_attention(i), "float32", ["batch", heads, enc_seq])
+        if attentions:
+            # The same probabilities from a product of their own: exposing `cprobs` itself would stop
+            # ONNX Runtime fusing it into the next product (int8-qdq: QLinearSoftmax + QLinearMatMul),
+            # and the variant would then pick its tokens from slightly different logits.
+            att = g.op("Softmax", [g.to_float(g.op("MatMul", [cq, cross_k5[i]]))], axis=-1)
+            g.output(g.op("Reshape", [att, g.const([-1, heads, enc_seq])]), mf.cross_attention(i), "float32",
+                     ["batch", heads, enc_seq])
         cctx = g.op("Reshape", [g.op("MatMul", [cprobs, cross_v5[i]]), g.const([-1, hidden])])  # [rows,E]
         a = g.to_float(g.linear(cctx, layer.cross_attn.o, f"{p}.cross.o"))
         x = g.op("Add", [x, a])
