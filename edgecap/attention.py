@@ -79,7 +79,7 @@ def overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
     colour's opacity grows with the attention, so what the token ignored stays visible."""
     peak = float(heat.max()) if heat.size else 0.0
     m = heat / peak if peak > 0 else np.zeros_like(heat)
-    alpha = (0.2 + 0.55 * m)[..., None]
+    alpha = (0.12 + 0.6 * m)[..., None]
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     out = base * (1 - alpha) + colormap(m).astype(np.float32) * alpha
     return Image.fromarray(np.round(out).astype(np.uint8))
@@ -168,7 +168,7 @@ def render_strip(
         y = head_h + (k // cols) * (title_h + ph + pad)
         panel = overlay(view, heat).resize((pw, ph), Image.Resampling.BILINEAR)
         strip.paste(panel, (x, y + title_h))
-        title = f"{label}  {p:.0%}"
+        title = f"{label}  {p:.1%}"
         while len(title) > 1 and draw.textlength(title, font=font) > pw:
             title = title[:-2] + "…"
         draw.text((x, y + 2), title, fill=(200, 0, 0) if p < UNSURE else (0, 0, 0), font=font)
@@ -204,7 +204,7 @@ def caption_strip(captioner: "Captioner", image, caption: "Caption") -> tuple[Im
         original = load_image(image)
         aspect = original.width / original.height
     probs = [math.exp(s) for s in caption.token_scores]
-    title = f"{caption.text}   (confidence {caption.confidence:.0%})"
+    title = f"{caption.text}   (confidence {caption.confidence:.1%})"
     return render_strip(view, maps, token_labels(captioner, caption.token_ids), probs, title, aspect)
 
 
