@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,14 @@ def test_bench_model_compare_pytorch(tmp_path):
             assert r["preprocess_ms"] > 0 and r["bundle_mb"] > 0 and r["load_s"] > 0
             assert r["decoder_step_ms"] > 0 and r["floor_decoder_step_ms"] > 0 and r["encoder_ms"] > 0
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # RESULTS.md's tables come from this JSON through bench/report.py
+    report = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "report.py"), str(out_json)],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    assert "### Targets (issue 10)" in lines and "| int8 greedy, batch 1 | ≤ 0.2 × PyTorch |" in report.stdout
+    assert sum(line.startswith("| edgecap | int8 |") for line in lines) == 4  # one per batch x beams case
+    assert any(line.startswith("| int8 |") for line in lines)  # the kernel-rate table
 
 
 def test_bench_unknown_peer_is_a_usage_error():
