@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import EdgecapError
 from .manifest import Architecture
-from .preprocess import PreprocessSpec
+from .preprocess import ImageSource, PreprocessSpec, load_image
 
 if TYPE_CHECKING:  # annotations only: the captioner imports nothing from here
     from .captioner import Caption, Captioner
@@ -186,7 +186,7 @@ def token_labels(captioner: "Captioner", token_ids: Sequence[int]) -> list[str]:
     return out
 
 
-def caption_strip(captioner: "Captioner", image, caption: "Caption") -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+def caption_strip(captioner: "Captioner", image: ImageSource, caption: "Caption") -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
     """`render_strip` for one image and its caption (from `caption(..., output_attentions=True)`)."""
     if caption.cross_attentions is None:
         raise ValueError("this caption has no cross_attentions: caption with output_attentions=True")
@@ -199,8 +199,6 @@ def caption_strip(captioner: "Captioner", image, caption: "Caption") -> tuple[Im
     maps = to_grid(att, captioner.bundle.manifest.architecture, size=(view.height, view.width))
     aspect = None
     if spec.kind == "vit" and not spec.do_center_crop:  # a plain resize: show the original's shape
-        from .preprocess import load_image
-
         original = load_image(image)
         aspect = original.width / original.height
     probs = [math.exp(s) for s in caption.token_scores]
@@ -220,7 +218,7 @@ class AttentionMapWriter:
             raise EdgecapError(f"{self.out_dir}: cannot create the attention map directory ({exc.strerror})") from None
         self._used: set[str] = set()
 
-    def write(self, captioner: "Captioner", name: str, image, caption: "Caption") -> Path:
+    def write(self, captioner: "Captioner", name: str, image: ImageSource, caption: "Caption") -> Path:
         stem = re.sub(r"[^\w.-]+", "_", Path(name).stem) or "image"
         candidate, n = stem, 1
         while candidate in self._used:

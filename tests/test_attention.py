@@ -106,11 +106,15 @@ def test_scores_and_attentions_match_generate(export_attn, sample_images, encode
     """Greedy (last layer, heads averaged) and beam 3 returning 2 (first layer, every head), a batch
     of 3 images of different content."""
     ckpt, _, bundle = export_attn(encoder, decoder)
+    arch = Captioner(bundle, precision="fp32").bundle.manifest.architecture
     caps = check_against_generate(ckpt, bundle, sample_images, num_beams=1)
-    assert caps[0].cross_attentions.ndim == 2
+    rows, cols = arch.encoder_grid
+    grid = to_grid(caps[0].cross_attentions, arch)  # class/distillation tokens (ViT 1, DeiT 2, Swin 0) dropped
+    assert grid.shape == (len(caps[0].token_ids), rows, cols)
+    np.testing.assert_allclose(grid.sum(axis=(1, 2)), caps[0].cross_attentions[:, arch.encoder_prefix_tokens:].sum(-1))
     caps = check_against_generate(ckpt, bundle, sample_images, layer=0, heads="all", num_beams=3,
                                   num_return_sequences=2, length_penalty=0.7)
-    assert caps[0].cross_attentions.shape[1] == Captioner(bundle, precision="fp32").bundle.manifest.architecture.decoder_heads
+    assert caps[0].cross_attentions.shape[1] == arch.decoder_heads
 
 
 @pytest.mark.parametrize("encoder,decoder,prompt", [("vit", "gpt2", [17, 42, 9]), ("donut-swin", "mbart", [5, 17, 42])])
