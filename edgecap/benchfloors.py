@@ -100,6 +100,8 @@ def _session(precision: str, threads: int | None, on_gpu: bool):
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3  # the fp16 probe's CPU fallback warnings are not the user's business
+    if on_gpu:  # a node the GPU cannot run would be timed on the CPU: no floor beats a wrong one
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     data = probe_data(precision)
     so.add_external_initializers_from_files_in_memory([probe_data_name(precision)], [data], [data.nbytes])
     providers = ["CUDAExecutionProvider"] if on_gpu else ["CPUExecutionProvider"]
