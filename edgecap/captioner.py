@@ -6,7 +6,6 @@ Each stage is public and usable alone: `preprocess` -> `encode` -> `decode` -> `
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -49,9 +48,7 @@ class Caption:
         """exp(mean of token_scores): the geometric mean of the chosen tokens' probabilities, in
         (0, 1]; comparable across lengths (a sum is not), 0.0 for an empty caption. One unsure
         character in a long OCR line moves it little: look at `token_scores` for those."""
-        if not self.token_scores:
-            return 0.0
-        return math.exp(math.fsum(self.token_scores) / len(self.token_scores))
+        return decoding.confidence(self.token_scores)
 
 
 def default_bundle_dir() -> Path | None:

@@ -10,7 +10,8 @@ early-stopping heuristics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+import math
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -45,6 +46,14 @@ class Hypothesis:
     token_scores: tuple[float, ...] = ()
     # Per token, the decoder's cross-attention when it chose that token (when asked for).
     cross_attentions: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+def confidence(token_scores: Sequence[float]) -> float:
+    """exp(mean token log-probability): the geometric mean of the chosen tokens' probabilities, in
+    (0, 1]; comparable across lengths (a sum is not); 0.0 for no tokens."""
+    if len(token_scores) == 0:
+        return 0.0
+    return math.exp(math.fsum(token_scores) / len(token_scores))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -248,7 +248,7 @@ def test_bad_sources_are_reported_and_the_rest_completes(tmp_path, tiny_bundle, 
     summary = [line for line in err.splitlines() if "failed:" in line]
     assert {n for n in names if any(n in line for line in summary)} == {"cut.mp4", "notes.mp4", "cut.mkv", "corrupt.avi"}
     rec = recs[0]
-    assert set(rec) == {"source", "frame", "pts", "caption", "score", "repeat", "model", "precision"}
+    assert set(rec) == {"source", "frame", "pts", "caption", "score", "repeat", "confidence", "model", "precision"}
     assert rec["precision"] == "fp32" and isinstance(rec["model"], str)
 
 
@@ -579,3 +579,29 @@ def test_demo_scene_changes_get_canonical_captions(tmp_path, demo_captioner):
     for r in recs:
         assert r.caption == chosen[int(r.pts // 3)][1], r
     assert [r.repeat for r in recs] == [False, True, True] * len(chosen)
+
+
+# --- confidence (issue 13) -------------------------------------------------------------------------
+
+
+def test_records_carry_the_caption_confidence(tmp_path, captioner):
+    """Feed records carry Caption.confidence (repeats: that of the caption they repeat), written to and
+    read back from the JSON lines; outputs of older versions, without it, still load (None)."""
+    from PIL import Image
+
+    from edgecap.feeds import encode_records
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(pattern(i // 2)).save(folder / f"f{i}.png")
+    got = list(captioner.caption_feed(str(folder), every=1.0, fps=1, dedupe=0.01))
+    direct = captioner.caption([str(folder / f"f{i}.png") for i in range(4)])
+    assert [r.confidence for r in got] == pytest.approx([c.confidence for c in direct[::2] for _ in range(2)])
+    assert [r.repeat for r in got] == [False, True, False, True]
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(encode_records(got, {}))
+    assert [r.confidence for r in load_records(out)] == [r.confidence for r in got]
+    old = json.dumps({"source": "cam.mp4", "frame": 0, "pts": 0.0, "caption": "x", "score": -1.0, "repeat": False})
+    out.write_text(old + "\n")
+    assert load_records(out)[0].confidence is None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RECORD_KEYS = ("source", "frame", "pts", "caption", "score", "repeat")
+RECORD_KEYS = ("source", "frame", "pts", "caption", "score", "repeat", "confidence")
 
 
 def load_records(path: str | os.PathLike, repair: bool = True) -> list[FrameCaption]:
@@ -52,7 +52,8 @@ def load_records(path: str | os.PathLike, repair: bool = True) -> list[FrameCapt
             if obj is None:
                 raise ValueError("no newline")
             records.append(FrameCaption(str(obj["source"]), int(obj["frame"]), float(obj["pts"]),
-                                        str(obj["caption"]), float(obj["score"]), bool(obj["repeat"])))
+                                        str(obj["caption"]), float(obj["score"]), bool(obj["repeat"]),
+                                        _optional_float(obj.get("confidence"))))
             good += len(line) + 1
         except (ValueError, KeyError, TypeError) as exc:
             if not last:
@@ -63,6 +64,10 @@ def load_records(path: str | os.PathLike, repair: bool = True) -> list[FrameCapt
                 os.truncate(path, good)
             break
     return records
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def encode_records(records: Iterable[FrameCaption], extra: dict[str, Any]) -> bytes:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageError
+from ..decoding import confidence
 from ..options import GenerationOptions
 from ..preprocess import PreprocessSpec, preprocess_one
 from .sources import (
@@ -62,7 +63,7 @@ class _Repeat:
     source: str
     frame: int
     pts: float
-    ref: int | tuple[str, float]  # a job id, or a (caption, score) recorded by an earlier run
+    ref: int | tuple[str, float, float | None]  # a job id, or a (caption, score, confidence) an earlier run recorded
 
 
 @dataclass
@@ -165,7 +166,7 @@ class RepeatedFrame:
 
     frame: int
     pts: float
-    ref: int | tuple[str, float]
+    ref: int | tuple[str, float, float | None]
 
 
 def sample_source(
@@ -184,7 +185,7 @@ def sample_source(
     dedupe = cfg.dedupe
     sampled = iter_sampled(src, cfg.every, cfg.fps, cfg.max_frames)
     skipped = 0
-    ref: int | tuple[str, float] | None = None  # what a repeat repeats: a frame index or an earlier run's result
+    ref: int | tuple[str, float, float | None] | None = None  # what a repeat repeats: a frame index or an earlier run's result
     ref_thumb: np.ndarray | None = None
     try:
         for item in sampled:
@@ -214,7 +215,7 @@ def sample_source(
             thumb = thumbnail(rgb) if dedupe else None
             if prev is not None:  # recorded by an earlier run: only the dedupe reference moves
                 skipped += 1
-                ref, ref_thumb = (prev.caption, prev.score), thumb
+                ref, ref_thumb = (prev.caption, prev.score, prev.confidence), thumb
                 continue
             if skipped:
                 yield _Event("skip", src.name, skipped)
@@ -252,7 +253,7 @@ def run_feed(
     hold_limit = max(64, 4 * config.batch_size)  # run a partial batch rather than hold more results
     pending: list[_Job] = []
     order: list[_Job | _Repeat] = []  # results not yet yielded, in stream order
-    results: dict[int, tuple[str, float]] = {}
+    results: dict[int, tuple[str, float, float | None]] = {}
     latest: dict[str, int] = {}
 
     def run_batch() -> None:
@@ -261,7 +262,7 @@ def run_feed(
         pixels = np.stack([j.pixels for j in pending])
         for job, hyps in zip(pending, captioner.decode(captioner.encode(pixels), options)):
             best = hyps[0]
-            results[job.id] = (captioner.detokenize(best.token_ids), float(best.score))
+            results[job.id] = (captioner.detokenize(best.token_ids), float(best.score), confidence(best.token_scores))
         pending.clear()
 
     def resolved() -> list[FrameCaption]:
@@ -275,16 +276,16 @@ def run_feed(
                 if old is not None and old != item.id:
                     results.pop(old, None)
                 latest[item.source] = item.id
-                text, score = results[item.id]
-                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, False))
+                text, score, conf = results[item.id]
+                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, False, conf))
             else:
                 if isinstance(item.ref, int):
                     if item.ref not in results:
                         break
-                    text, score = results[item.ref]
+                    text, score, conf = results[item.ref]
                 else:
-                    text, score = item.ref
-                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, True))
+                    text, score, conf = item.ref
+                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, True, conf))
         else:
             n = len(order)
         del order[:n]

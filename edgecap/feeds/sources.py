@@ -37,6 +37,7 @@ class FrameCaption:
     caption: str
     score: float
     repeat: bool  # True: deduped, the caption is that of the source's last captioned frame
+    confidence: float | None = None  # Caption.confidence: exp(mean token log-prob); None in older outputs
 
 
 @dataclass(frozen=True)

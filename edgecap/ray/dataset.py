@@ -20,6 +20,7 @@ import numpy as np
 import ray
 import ray.data
 
+from edgecap.decoding import confidence
 from edgecap.errors import EdgecapError
 from edgecap.feeds.pipeline import FeedConfig, RepeatedFrame, SampledFrame, sample_source
 from edgecap.feeds.sources import FeedProblem, FeedSource, expand_sources
@@ -138,6 +139,7 @@ class _CaptionActor:
         n = len(values)
         captions = np.full(n, "", dtype=object)
         scores = np.full(n, math.nan)
+        confidences = np.full(n, math.nan)
         errors = np.full(n, "", dtype=object)
         todo: list[int] = []
         pixels: list[np.ndarray] = []
@@ -155,7 +157,8 @@ class _CaptionActor:
             for i, hyps in zip(todo, cap.decode(cap.encode(np.stack(pixels)), self.options)):
                 captions[i] = cap.detokenize(hyps[0].token_ids)
                 scores[i] = float(hyps[0].score)
-        return {**batch, "caption": captions, "score": scores, "error": errors}
+                confidences[i] = confidence(hyps[0].token_scores)
+        return {**batch, "caption": captions, "score": scores, "confidence": confidences, "error": errors}
 
 
 def caption_dataset(

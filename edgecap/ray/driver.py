@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -155,7 +156,7 @@ def _parquet_bytes(records: list[FrameCaption], extra: dict[str, Any], settings:
     columns: dict[str, list[Any]] = {k: [getattr(r, k) for r in records] for k in RECORD_KEYS}
     columns.update({k: [v] * len(records) for k, v in extra.items()})
     types = {"source": pa.string(), "frame": pa.int64(), "pts": pa.float64(), "caption": pa.string(),
-             "score": pa.float64(), "repeat": pa.bool_()}
+             "score": pa.float64(), "repeat": pa.bool_(), "confidence": pa.float64()}
     table = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
     table = table.replace_schema_metadata({"edgecap.settings": json.dumps(settings)})
     sink = io.BytesIO()
@@ -168,7 +169,7 @@ def _parquet_bytes(records: list[FrameCaption], extra: dict[str, Any], settings:
 
 @dataclass
 class _Gathered:
-    frames: dict[int, tuple] = field(default_factory=dict)  # frame -> (pts, caption, score, ref)
+    frames: dict[int, tuple] = field(default_factory=dict)  # frame -> (pts, caption, score, ref, confidence)
     expected: int | None = None  # frame + repeat rows announced by the "end" row
     estimate: int | None = None  # sample count from the duration ("start" row)
     problems: list[str] = field(default_factory=list)
@@ -179,10 +180,10 @@ class _Gathered:
     def records(self, source: str) -> list[FrameCaption]:
         out = []
         for frame in sorted(self.frames):
-            pts, caption, score, ref = self.frames[frame]
+            pts, caption, score, ref, conf = self.frames[frame]
             if ref >= 0:  # a repeat: the caption of the frame it repeats
-                _, caption, score, _ = self.frames[ref]
-            out.append(FrameCaption(source, frame, pts, caption, score, ref >= 0))
+                _, caption, score, _, conf = self.frames[ref]
+            out.append(FrameCaption(source, frame, pts, caption, score, ref >= 0, conf))
         return out
 
 
@@ -346,9 +347,9 @@ def _gather(batch: dict[str, np.ndarray], gathered: dict[str, _Gathered], finish
     """Add a batch of captioned rows; returns the sources it completed."""
     touched = set()
     first = progress.t_first is None
-    for source, kind, frame, pts, ref, expected, problem, caption, score in zip(
+    for source, kind, frame, pts, ref, expected, problem, caption, score, conf in zip(
             batch["source"], batch["kind"], batch["frame"], batch["pts"], batch["ref"], batch["expected"],
-            batch["problem"], batch["caption"], batch["score"]):
+            batch["problem"], batch["caption"], batch["score"], batch["confidence"]):
         source = str(source)
         if source in finished:
             continue
@@ -356,7 +357,8 @@ def _gather(batch: dict[str, np.ndarray], gathered: dict[str, _Gathered], finish
         if kind in (FRAME, REPEAT):
             if int(frame) not in g.frames:
                 progress.frames += 1
-            g.frames[int(frame)] = (float(pts), str(caption), float(score), int(ref) if kind == REPEAT else -1)
+            g.frames[int(frame)] = (float(pts), str(caption), float(score), int(ref) if kind == REPEAT else -1,
+                                    None if math.isnan(float(conf)) else float(conf))
         elif kind == START:
             progress.estimates[source] = None if expected < 0 else int(expected)
         elif kind == PROBLEM and str(problem) not in g.problems:
