@@ -183,7 +183,7 @@ def _caption(args: argparse.Namespace) -> int:
         for path, problem in items:
             image = None
             if problem is None:
-                image, problem = _load(path)
+                image, problem = _load(path, captioner.preprocess_spec)
             pending.append((path, image, problem))
             waiting = sum(1 for *_, p in pending if p is None)
             if waiting == 0 or waiting >= args.batch_size:  # a failure with nothing to wait for is said at once
@@ -195,13 +195,18 @@ def _caption(args: argparse.Namespace) -> int:
     return EXIT_INPUT_FAILED if progress.failed else EXIT_OK
 
 
-def _load(path: str) -> tuple[Any, str | None]:
+def _load(path: str, spec: Any) -> tuple[Any, str | None]:
     """(PIL image, None) or (None, the problem)."""
     from .errors import ImageError
-    from .preprocess import load_image
+    from .preprocess import load_image, preprocess_one
 
     try:
-        return load_image(path), None
+        image = load_image(path)
+        if spec.kind == "donut":
+            # Donut's geometry can refuse an image (too elongated to fit its canvas): find out here,
+            # so the problem is this file's, not its whole batch's
+            preprocess_one(image, spec)
+        return image, None
     except ImageError as exc:
         problem = exc.problem
     if "decompression bomb" in problem:

@@ -119,3 +119,17 @@ def test_json_of_a_donut_bundle_has_the_token2json_answer(export_tiny, images, c
     _, vit_bundle = export_tiny("vit", "gpt2")
     assert main(["caption", str(images / "img0.png"), "--bundle", str(vit_bundle), "--json"]) == 0
     assert "json" not in json.loads(capsys.readouterr().out)
+
+
+def test_an_image_donut_cannot_fit_fails_alone(export_tiny, images, capsys):
+    """A Donut bundle refuses an image too elongated for its canvas: that file is reported (exit 1)
+    and the others in its batch are still captioned (it used to fail the whole batch)."""
+    _, bundle = export_tiny("donut-swin", "mbart")
+    Image.new("RGB", (3000, 1), "white").save(images / "sliver.png")
+    args = ["caption", str(images / "img0.png"), str(images / "sliver.png"), str(images / "img1.png"),
+            "--bundle", str(bundle), "--json"]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [("error" in r) for r in records] == [False, True, False]
+    assert "too elongated" in records[1]["error"] and "sliver.png" in err
