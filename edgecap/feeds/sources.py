@@ -14,11 +14,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import EdgecapError
+from ..inputs import IMAGE_EXTENSIONS  # one list for `caption` and `feed`
 from ..extras import install_command
 from ..preprocess import load_image
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".avi", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 DEFAULT_EVERY = 1.0
 DEFAULT_DEDUPE = 0.01
 DEFAULT_BATCH_SIZE = 8
