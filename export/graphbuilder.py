@@ -148,6 +148,9 @@ class GraphBuilder:
         w_q = np.clip(np.round(lin.w / w_scale), -127, 127).astype(np.int8)
         x_q, x_scale = self.quantize_rows(x)
         acc = self.op("MatMulInteger", [x_q, self.weight(f"{prefix}.weight_q", w_q), self.const(128, np.uint8)])
+        # (acc * w_scale) * x_scale, in this order: written as acc * (x_scale * w_scale), ONNX Runtime
+        # 1.32 fuses it into MatMulIntegerToFloat, which is 1.9x faster here but wrong with a per-row
+        # a_scale (up to 32 % error on rows with small scales; bench/RESULTS.md, issue 10's levers).
         y = self.op("Mul", [self.op("Cast", [acc], to=TensorProto.FLOAT),
                             self.weight(f"{prefix}.weight_scale", w_scale.astype(np.float32))])
         y = self.op("Mul", [y, x_scale])
