@@ -85,7 +85,15 @@ def agreement(ours: Sequence[Sequence[int]], ref: Sequence[Sequence[int]]) -> tu
     return agree / max(1, total), equal / max(1, len(ref))
 
 
-def greedy_tokens(cap: Captioner, pixels: np.ndarray, batch: int = 8) -> list[tuple[int, ...]]:
+def images_per_call(pixels: np.ndarray, most: int = 8) -> int:
+    """How many evaluation images to encode at once: up to `most` at ViT sizes, one at Donut's
+    2560x1920, whose activations (307,200 tokens in Swin's first stage) take gigabytes per image."""
+    per_image = int(np.prod(pixels.shape[1:])) if pixels.ndim == 4 else 1
+    return max(1, min(most, (8 * 3 * 384 * 384) // max(1, per_image)))
+
+
+def greedy_tokens(cap: Captioner, pixels: np.ndarray, batch: int | None = None) -> list[tuple[int, ...]]:
+    batch = batch or images_per_call(pixels)
     out = []
     for i in range(0, len(pixels), batch):
         out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), GenerationOptions(num_beams=1, prompt_ids=()))]
@@ -133,10 +141,11 @@ class TeacherForced:
 
 def teacher_forced(
     ref: Captioner, cap: Captioner, pixels: np.ndarray, ref_tokens: Sequence[Sequence[int]], start: int,
-    margin: float = DECISIVE_MARGIN, batch: int = 8,
+    margin: float = DECISIVE_MARGIN, batch: int | None = None,
 ) -> TeacherForced:
     """Feed both captioners the reference's own greedy tokens and compare their next-token
     distributions at every step a reference caption has (see manifest.Verification)."""
+    batch = batch or images_per_call(pixels)
     agree = decisive = steps = 0
     kl_sum = 0.0
     for i in range(0, len(pixels), batch):

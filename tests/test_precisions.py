@@ -116,3 +116,13 @@ def test_large_graphs_keep_weights_in_external_data(tmp_path, monkeypatch, sampl
     data.write_bytes(bytes(raw))
     with pytest.raises(BundleError, match="decoder.onnx.data: checksum mismatch"):
         load_bundle(bundle)
+
+
+def test_evaluation_images_are_encoded_few_at_a_time_when_large():
+    """Export's quality judging encodes up to 8 ViT-size images per call but one Donut page (2560x1920):
+    two at once ran a 24 GiB machine out of memory."""
+    from edgecap_export.verify import images_per_call
+
+    assert images_per_call(np.zeros((32, 3, 224, 224), np.float32)) == 8
+    assert images_per_call(np.zeros((2, 3, 2560, 1920), np.float32)) == 1
+    assert 1 < images_per_call(np.zeros((2, 3, 768, 768), np.float32)) < 8
