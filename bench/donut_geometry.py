@@ -21,14 +21,9 @@ import numpy as np
 
 
 def _ms(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    from edgecap.bench import time_calls
+
+    return statistics.median(time_calls(fn, warmup, repeat))
 
 
 def step_times(dec, encoded: dict, at: tuple[int, ...], max_steps: int, fixed: bool) -> dict[int, float]:

@@ -9,8 +9,8 @@ early-stopping heuristics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
