@@ -38,6 +38,17 @@ class Bundle:
     def file(self, rel: str) -> Path:
         return mf.safe_relative_path(self.path, rel, str(self.path / mf.MANIFEST_FILE))
 
+    def verify_files(self, rels: list[str]) -> None:
+        """sha256 of these files, and of their graphs' external weights ("<graph>.onnx.data", as much
+        the graph as the graph file), against the manifest."""
+        files = self.manifest.files
+        for rel in rels + [f for f in files if any(f.startswith(r + ".") for r in rels)]:
+            if rel not in files:
+                raise BundleError(f"{self.path / mf.MANIFEST_FILE}: {rel} has no checksum in 'files'")
+            full = self.file(rel)
+            if sha256_file(full) != files[rel]:
+                raise BundleError(f"{full}: checksum mismatch (the file was changed after export); re-export the bundle")
+
     def graphs(self, precision: str) -> mf.GraphPair:
         if precision not in self.manifest.graphs:
             raise BundleError(
@@ -74,6 +85,8 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None, verify_ch
     referenced = [manifest.tokenizer.file]
     for prec, pair in manifest.graphs.items():
         referenced += [pair.encoder.file, pair.decoder.file]
+        if pair.decoder_attentions is not None:
+            referenced.append(pair.decoder_attentions.file)
     for rel in referenced:
         mf.safe_relative_path(root, rel, where)
         if rel not in manifest.files:
@@ -89,11 +102,6 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None, verify_ch
         chosen = manifest.graphs.items() if precision is None else [(precision, manifest.graphs[precision])]
         for _, pair in chosen:
             to_check += [pair.encoder.file, pair.decoder.file]
-        # a graph's external weights ("<graph>.onnx.data") are as much the graph as the graph file
-        to_check += [rel for rel in manifest.files if any(rel.startswith(g + ".") for g in to_check)]
-        for rel in to_check:
-            full = bundle.file(rel)
-            if sha256_file(full) != manifest.files[rel]:
-                raise BundleError(f"{full}: checksum mismatch (the file was changed after export); re-export the bundle")
+        bundle.verify_files(to_check)
     log.debug("loaded bundle %s (precisions: %s)", root, ", ".join(bundle.precisions))
     return bundle

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import decoding
 from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
-from .bundle import Bundle, load_bundle, sha256_file
+from .bundle import Bundle, load_bundle
 from .errors import BundleError, OptionsError
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
 from .preprocess import ImageSource, PreprocessSpec, preprocess
@@ -194,23 +194,12 @@ class Captioner:
                     "re-export the model with `edgecap export MODEL OUTDIR --with-attentions` "
                     "(ExportOptions(with_attentions=True)) to get cross-attention maps")
             if self._verify_checksums:
-                self._check_graph_files(graph.file)
+                self.bundle.verify_files([graph.file])  # loaded late: checked late
             session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads))
             self._attention_decoder = OrtStepDecoder(session, self.bundle.manifest.architecture, graph)
         self._attention_decoder.attention_layer = layer % layers
         self._attention_decoder.attention_heads = heads
         return self._attention_decoder
-
-    def _check_graph_files(self, rel: str) -> None:
-        """What load_bundle checks of the graphs it loads, for a graph loaded later: its bytes (and
-        its external weights', "<graph>.onnx.data") are those export wrote."""
-        files = self.bundle.manifest.files
-        if rel not in files:
-            raise BundleError(f"{self.bundle.path / 'manifest.json'}: {rel} has no checksum in 'files'")
-        for name in [rel] + [f for f in files if f.startswith(rel + ".")]:
-            path = self.bundle.file(name)
-            if sha256_file(path) != files[name]:
-                raise BundleError(f"{path}: checksum mismatch (the file was changed after export); re-export the bundle")
 
     def resolve_options(self, options: GenerationOptions | None = None) -> ResolvedOptions:
         """Options with the bundle's defaults filled in, checked against this model (OptionsError,
