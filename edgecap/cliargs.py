@@ -15,7 +15,8 @@ EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 
 EXIT_CODES_HELP = (
     "exit codes: 0 ok; 1 some inputs failed (the others were still processed); 2 usage, bundle or "
     "export error; 3 internal error (a bug: rerun with --debug and report the traceback); "
-    "130 interrupted (finished work is kept)"
+    "130 interrupted by Ctrl-C, 143 terminated by SIGTERM (both stop between output lines; finished work is kept); "
+    "141 the output pipe was closed (e.g. by | head)"
 )
 
 
