@@ -324,6 +324,10 @@ class Captioner:
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of `text` without special tokens (how a text prompt is fed)."""
+        if not self.bundle.manifest.tokenizer.encodes_text:
+            raise OptionsError(f"{self.bundle.path}: this bundle's tokenizer was rebuilt from the checkpoint's vocab.txt "
+                               "(a slow tokenizer with no fast class); it decodes as the model's own but cannot encode "
+                               "a text prompt the same way: give the prompt as token ids (prompt_ids, --prompt-ids)")
         return self.detokenize.tokenizer.encode(text, add_special_tokens=False).ids
 
     # --- all together -------------------------------------------------------------------------

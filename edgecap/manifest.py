@@ -163,6 +163,9 @@ class TokenizerSpec:
     file: str
     skip_special_tokens: bool
     clean_up_tokenization_spaces: bool
+    # False: rebuilt from a slow tokenizer's vocab.txt (manga-ocr): it decodes as the model's own, but
+    # would not encode text the same way, so text prompts are refused (token-id prompts work)
+    encodes_text: bool = True
 
 
 @dataclass(frozen=True)

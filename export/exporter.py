@@ -27,7 +27,7 @@ from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
 from edgecap.preprocess import PreprocessSpec, preprocess
 
-from . import families, graphs, quantize, verify
+from . import families, graphs, quantize, slowtokenizer, verify
 from .evalimages import synthetic_images
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,26 @@ def load_model(model: str):
     families.repair_loaded(hf_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, or ImportError (a slow class's MeCab)
         tokenizer = _plain_fast_tokenizer(Path(model))
         if tokenizer is None:
-            raise ExportError(_tokenizer_help(model, f"and none could be loaded ({str(exc).splitlines()[0]})")) from None
+            tokenizer = _from_vocab_txt(model, None, f"and none could be loaded ({str(exc).splitlines()[0]})")
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise ExportError(_tokenizer_help(model, f"but it has only a slow {type(tokenizer).__name__}"))
+        tokenizer = _from_vocab_txt(model, tokenizer, f"but it has only a slow {type(tokenizer).__name__}")
     proc_cfg = _read_processor_config(model)
     return hf_model, tokenizer, proc_cfg
+
+
+def _from_vocab_txt(model: str, slow, why: str):
+    """A fast tokenizer built from the checkpoint's vocab.txt (manga-ocr's BertJapaneseTokenizer has no
+    fast class), checked to decode as `slow` does; ExportError when there is no vocab.txt or it differs."""
+    try:
+        fast = slowtokenizer.fast_from_slow(Path(model), slow)
+    except ValueError as exc:
+        raise ExportError(f"{model}: {exc}") from None
+    if fast is None:
+        raise ExportError(_tokenizer_help(model, why))
+    return fast
 
 
 def _plain_fast_tokenizer(model_dir: Path):
@@ -291,6 +303,10 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
     gen = generation_defaults(hf_model, tokenizer)
+    encodes_text = not getattr(tokenizer, "edgecap_decode_only", False)
+    if options.prompt and not encodes_text:
+        raise ExportError(f"{model}: --prompt needs the model's own text encoding, and this checkpoint's tokenizer "
+                          "was rebuilt from vocab.txt for decoding only; set prompt ids in its generation config")
     if options.prompt:
         ids = tokenizer(options.prompt, add_special_tokens=False)["input_ids"]
         unknown = [t for t in ids if t == tokenizer.unk_token_id]
@@ -355,6 +371,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 file="tokenizer.json",
                 skip_special_tokens=True,
                 clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
+                encodes_text=encodes_text,
             ),
             graphs=pairs,
             files={},

@@ -59,10 +59,32 @@ def donut_like(out: Path, size: tuple[int, int] = (160, 160), embed_dim: int = 3
     return _save(model, out, word_tokenizer(vocab), processor)
 
 
+def japanese_vocab() -> list[str]:
+    """A character vocabulary like manga-ocr's (cl-tohoku's char BERT): specials, kana, kanji, ASCII,
+    full-width punctuation, and `##` continuation entries."""
+    chars = [chr(c) for c in range(0x3041, 0x3097)] + [chr(c) for c in range(0x30A1, 0x30FB)]
+    chars += list("日本語漢字読書人大小中上下山川田口目耳手足") + list("0123456789ABCxyz!?.,") + list("。、「」…・！？ー")
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars[:40]]
+
+
+def write_slow_japanese_tokenizer(out: Path, vocab: list[str]) -> None:
+    """manga-ocr's tokenizer files: vocab.txt and a BertJapaneseTokenizer config, no tokenizer.json
+    (the basic word splitter here, where manga-ocr's uses MeCab: decoding does not depend on it)."""
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "BertJapaneseTokenizer", "do_lower_case": False, "word_tokenizer_type": "basic",
+        "subword_tokenizer_type": "character", "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+        "cls_token": "[CLS]", "mask_token": "[MASK]", "model_max_length": 512}))
+
+
 def manga_like(out: Path, image: int = 224, hidden: int = 768, encoder_layers: int = 12, decoder_hidden: int = 768,
-               vocab: int = 6144, max_length: int = 300, init_std: float = 0.02, seed: int = 0) -> Path:
+               vocab: int = 6144, max_length: int = 300, init_std: float = 0.02, seed: int = 0,
+               slow_vocab: list[str] | None = None) -> Path:
     """kha-white/manga-ocr-base's structure: ViT encoder + 2-layer BERT decoder (CLS starts, SEP ends),
-    beams 4, no_repeat_ngram 3, length_penalty 2."""
+    beams 4, no_repeat_ngram 3, length_penalty 2. `slow_vocab`: ship it as manga-ocr does (vocab.txt
+    and a slow BertJapaneseTokenizer only)."""
+    if slow_vocab is not None:
+        vocab = len(slow_vocab)
     enc = ViTConfig(image_size=image, patch_size=16, hidden_size=hidden, num_hidden_layers=encoder_layers,
                     num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden, initializer_range=init_std)
     dec = BertConfig(vocab_size=vocab, hidden_size=decoder_hidden, num_hidden_layers=2,
@@ -78,4 +100,10 @@ def manga_like(out: Path, image: int = 224, hidden: int = 768, encoder_layers: i
     g = model.generation_config
     g.max_length, g.num_beams, g.no_repeat_ngram_size, g.length_penalty, g.early_stopping = max_length, 4, 3, 2.0, True
     processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": image, "width": image}}
-    return _save(model, out, word_tokenizer(vocab), processor)
+    if slow_vocab is None:
+        return _save(model, out, word_tokenizer(vocab), processor)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(processor))
+    write_slow_japanese_tokenizer(out, slow_vocab)
+    return out
