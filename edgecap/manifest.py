@@ -195,10 +195,12 @@ class Verification:
     mean_kl: float | None = None
     decisive_margin: float | None = None
     eval_images: str | None = None  # "user" (--eval-images) or "synthetic" (export's default images)
-    # fp32 only, measured when max_logit_diff exceeded the absolute tolerance: on the image that differed
-    # most, PyTorch fp32's own max logit error against PyTorch in float64, and the graphs' error against it
+    # fp32 only, measured when max_logit_diff exceeded the absolute tolerance: over every verified image
+    # and step, PyTorch fp32's own max logit error against PyTorch in float64, and the graphs' error
     fp64_pytorch_error: float | None = None
     fp64_error: float | None = None
+    fp64_pytorch_rms: float | None = None  # the same as root mean squares over every verified logit: the gate's
+    fp64_rms: float | None = None
     verified_steps: int | None = None  # tokens decoded per image at most (export's --verify-steps)
 
 

@@ -384,8 +384,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         log.info("fp32 vs PyTorch (%d images, up to %d tokens each): max logit difference %.2e, token agreement "
                  "%.1f%%%s", len(verify_pixels), vgen.max_new_tokens, report.max_logit_diff,
                  100 * report.token_agreement,
-                 "" if report.fp64_error is None else f"; against float64: edgecap {report.fp64_error:.2e}, "
-                 f"PyTorch fp32 {report.fp64_pytorch_error:.2e}")
+                 "" if report.fp64_rms is None else f"; against float64 (RMS): edgecap {report.fp64_rms:.2e}, "
+                 f"PyTorch fp32 {report.fp64_pytorch_rms:.2e}")
         problem = verify.fp32_problem(report, options.max_logit_diff, options.min_token_agreement)
         if problem:
             raise ExportError(f"verification failed: the fp32 graphs differ from PyTorch ({problem}); no bundle "
