@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -57,11 +59,59 @@ def default_bundle_dir() -> Path | None:
     return here if (here / "manifest.json").is_file() else None
 
 
+class DecoderStatePool:
+    """Decoder states for concurrent calls: each call takes one, uses it alone, and gives it back.
+
+    A state is what a caption writes while it decodes (the KV cache buffers, the IO binding, the
+    logits buffer); the ONNX Runtime session it runs is shared, as ONNX Runtime intends (`Run` is
+    thread-safe; one session per model, not per thread). A call takes a free state or makes a new one,
+    so N threads hold at most N states, each sized for its last caption; with `limit` (GPU backends:
+    their one device-resident cache) callers wait for a free one instead.
+    """
+
+    def __init__(self, factory: Callable[[], object], limit: int | None = None) -> None:
+        self._factory = factory
+        self._free: list[object] = []
+        self._made = 0
+        self._limit = limit
+        self._ready = threading.Condition()
+
+    @contextmanager
+    def take(self) -> Iterator:
+        with self._ready:
+            while not self._free and self._limit is not None and self._made >= self._limit:
+                self._ready.wait()
+            state = self._free.pop() if self._free else None
+            if state is None:
+                self._made += 1
+        if state is None:
+            try:
+                state = self._factory()
+            except BaseException:
+                with self._ready:
+                    self._made -= 1
+                    self._ready.notify()
+                raise
+        try:
+            yield state
+        finally:
+            with self._ready:
+                self._free.append(state)
+                self._ready.notify()
+
+    @property
+    def size(self) -> int:
+        """States made so far (the most calls that ran at once)."""
+        return self._made
+
+
 class Captioner:
     """Loads a bundle once and captions images with it.
 
-    One Captioner holds one decoder cache: use it from one thread at a time (one per thread, or a
-    lock). The ONNX Runtime sessions themselves are thread-safe.
+    Safe to share between threads: every call decodes with a decoder state of its own (KV cache,
+    IO binding) taken from a pool, over ONNX Runtime sessions that all calls share (README,
+    "Concurrency and safety"). GPU backends keep one device-resident cache, so their calls take
+    turns.
 
     Args:
         bundle_dir: bundle directory (from `edgecap export`); None = the bundled demo model.
@@ -96,12 +146,13 @@ class Captioner:
         except ValueError as exc:
             raise BundleError(f"{self.bundle.path / 'manifest.json'}: preprocess: {exc}") from None
         if self.backend == "cpu":
-            self._encoder, self._decoder = self._cpu_models(threads)
+            self._encoder, self._decoders = self._cpu_models(threads)
         else:  # device-resident encoder outputs and KV cache (edgecap/gpu, docs/gpu.md)
             from .gpu import create_models
 
             try:
-                self._encoder, self._decoder = create_models(self.bundle, self.precision, self.backend)
+                self._encoder, decoder = create_models(self.bundle, self.precision, self.backend)
+                self._decoders = DecoderStatePool(lambda: decoder, limit=1)
             except Exception as exc:
                 if (backend or "auto") != "auto":
                     raise
@@ -111,18 +162,28 @@ class Captioner:
                 self.backend = "cpu"
                 self.precision = precision or self._pick_precision(self.bundle)
                 self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
-                self._encoder, self._decoder = self._cpu_models(threads)
+                self._encoder, self._decoders = self._cpu_models(threads)
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
         self._threads, self._verify_checksums = threads, verify_checksums
-        self._attention_decoder: OrtStepDecoder | None = None  # loaded on the first output_attentions=True
+        self._attention_decoders: DecoderStatePool | None = None  # loaded on the first output_attentions=True
+        self._attention_lock = threading.Lock()
+        self._encode_lock = None if self.backend == "cpu" else threading.Lock()
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
 
-    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, OrtStepDecoder]:
+    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, DecoderStatePool]:
         pair = self.bundle.graphs(self.precision)
         encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", SessionOptions(threads, spin=False)))
-        decoder = create_session(self.bundle, pair.decoder, "cpu", SessionOptions(threads))
-        return encoder, OrtStepDecoder(decoder, self.bundle.manifest.architecture, pair.decoder)
+        session = create_session(self.bundle, pair.decoder, "cpu", SessionOptions(threads))
+        arch = self.bundle.manifest.architecture
+        return encoder, DecoderStatePool(lambda: OrtStepDecoder(session, arch, pair.decoder))
+
+    @contextmanager
+    def step_decoder(self) -> Iterator[decoding.StepModel]:
+        """A decoder state of this captioner's own, for driving the step graph directly (export's
+        verification does): `set_encoded`, `begin`, `step`, `reorder`. Yours alone until the block ends."""
+        with self._decoders.take() as decoder:
+            yield decoder
 
     def _pick_precision(self, bundle: Bundle) -> str:
         prefs = _PRECISION_PREFERENCE.get(self.backend)
@@ -156,7 +217,11 @@ class Captioner:
 
     def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Run the encoder: per decoder layer, the cross-attention K and V of each image."""
-        return self._encoder(np.ascontiguousarray(pixel_values, dtype=np.float32))
+        pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        if self._encode_lock is None:  # ONNX Runtime CPU sessions run concurrent calls safely
+            return self._encoder(pixels)
+        with self._encode_lock:  # a TensorRT encoder reuses its input buffer and execution context
+            return self._encoder(pixels)
 
     def decode(
         self,
@@ -170,36 +235,43 @@ class Captioner:
         (with their cross-attentions when `output_attentions`, see `caption`)."""
         opts = self.resolve_options(options)
         batch = next(iter(encoded.values())).shape[0]
-        decoder = self._attention_model(attention_layer, attention_heads) if output_attentions else self._decoder
-        decoder.set_encoded(encoded)
-        return decoding.decode(decoder, batch, opts, attentions=output_attentions)
+        pool = self._attention_model(attention_layer, attention_heads) if output_attentions else self._decoders
+        with pool.take() as decoder:
+            if output_attentions:
+                decoder.attention_layer = attention_layer % self.bundle.manifest.architecture.decoder_layers
+                decoder.attention_heads = attention_heads
+            decoder.set_encoded(encoded)
+            return decoding.decode(decoder, batch, opts, attentions=output_attentions)
 
-    def _attention_model(self, layer: int, heads: str) -> OrtStepDecoder:
-        """The attention-emitting decoder step, loaded on first use (the normal one stays as it is),
-        set to return `layer`'s cross-attention with `heads` "mean" or "all"."""
+    def _attention_model(self, layer: int, heads: str) -> DecoderStatePool:
+        """The attention-emitting decoder step's states, loaded on first use (the normal step stays as
+        it is); checks that `layer` and `heads` ("mean" or "all") can be asked of it."""
         layers = self.bundle.manifest.architecture.decoder_layers
         if heads not in ("mean", "all"):
             raise OptionsError(f"attention_heads must be 'mean' or 'all', got {heads!r}")
         if isinstance(layer, bool) or not isinstance(layer, int) or not -layers <= layer < layers:
             raise OptionsError(f"attention_layer must be an integer in [{-layers}, {layers - 1}] "
                                f"(this decoder has {layers} layers), got {layer!r}")
-        if self._attention_decoder is None:
-            if self.backend != "cpu":
-                raise OptionsError(f"attention maps run on the cpu backend only, not {self.backend}; "
-                                   "use Captioner(..., backend='cpu') (--backend cpu)")
-            graph = self.bundle.graphs(self.precision).decoder_attentions
-            if graph is None:
-                raise OptionsError(
-                    f"{self.bundle.path}: its {self.precision} graphs have no attention-emitting decoder step; "
-                    "re-export the model with `edgecap export MODEL OUTDIR --with-attentions` "
-                    "(ExportOptions(with_attentions=True)) to get cross-attention maps")
-            if self._verify_checksums:
-                self.bundle.verify_files([graph.file])  # loaded late: checked late
-            session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads))
-            self._attention_decoder = OrtStepDecoder(session, self.bundle.manifest.architecture, graph)
-        self._attention_decoder.attention_layer = layer % layers
-        self._attention_decoder.attention_heads = heads
-        return self._attention_decoder
+        with self._attention_lock:  # two threads asking first must not load it twice
+            if self._attention_decoders is None:
+                self._attention_decoders = self._load_attention_model()
+        return self._attention_decoders
+
+    def _load_attention_model(self) -> DecoderStatePool:
+        if self.backend != "cpu":
+            raise OptionsError(f"attention maps run on the cpu backend only, not {self.backend}; "
+                               "use Captioner(..., backend='cpu') (--backend cpu)")
+        graph = self.bundle.graphs(self.precision).decoder_attentions
+        if graph is None:
+            raise OptionsError(
+                f"{self.bundle.path}: its {self.precision} graphs have no attention-emitting decoder step; "
+                "re-export the model with `edgecap export MODEL OUTDIR --with-attentions` "
+                "(ExportOptions(with_attentions=True)) to get cross-attention maps")
+        if self._verify_checksums:
+            self.bundle.verify_files([graph.file])  # loaded late: checked late
+        session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads))
+        arch = self.bundle.manifest.architecture
+        return DecoderStatePool(lambda: OrtStepDecoder(session, arch, graph))
 
     def resolve_options(self, options: GenerationOptions | None = None) -> ResolvedOptions:
         """Options with the bundle's defaults filled in, checked against this model (OptionsError,

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgecap import Captioner, GenerationOptions
+from edgecap import Captioner, GenerationOptions, decoding
 from edgecap import manifest as mf
 from edgecap.decoding import log_softmax
 from edgecap.preprocess import PreprocessSpec, preprocess
@@ -112,15 +112,15 @@ def max_logit_diff(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[
         torch_logits = hf_model(
             pixel_values=torch.from_numpy(pixels), decoder_input_ids=torch.from_numpy(seqs[:, :steps])
         ).logits.float().numpy()
-    decoder = cap._decoder
-    decoder.set_encoded(cap.encode(pixels))
-    decoder.begin(np.arange(count), steps)
     worst = 0.0
-    for t in range(steps):
-        logits = decoder.step(seqs[:, t], t)
-        for i, r in enumerate(ref):
-            if t < len(r):  # positions after a row's eos are padding that generate() never feeds
-                worst = max(worst, float(np.abs(logits[i] - torch_logits[i, t]).max()))
+    with cap.step_decoder() as decoder:
+        decoder.set_encoded(cap.encode(pixels))
+        decoder.begin(np.arange(count), steps)
+        for t in range(steps):
+            logits = decoder.step(seqs[:, t], t)
+            for i, r in enumerate(ref):
+                if t < len(r):  # positions after a row's eos are padding that generate() never feeds
+                    worst = max(worst, float(np.abs(logits[i] - torch_logits[i, t]).max()))
     return worst
 
 
@@ -148,28 +148,30 @@ def teacher_forced(
     batch = batch or images_per_call(pixels)
     agree = decisive = steps = 0
     kl_sum = 0.0
-    for i in range(0, len(pixels), batch):
-        chunk, toks = pixels[i : i + batch], [list(t) for t in ref_tokens[i : i + batch]]
-        n, length = len(chunk), max((len(t) for t in toks), default=0)
-        if length == 0:
-            continue
-        for c in (ref, cap):
-            c._decoder.set_encoded(c.encode(chunk))
-            c._decoder.begin(np.arange(n), length)
-        for t in range(length):
-            feed = np.array([start if t == 0 else (row[t - 1] if t - 1 < len(row) else start) for row in toks], np.int64)
-            lp_ref = log_softmax(ref._decoder.step(feed, t))
-            lp_cap = log_softmax(cap._decoder.step(feed, t))
-            for r, row in enumerate(toks):
-                if t >= len(row):
-                    continue
-                p = np.exp(lp_ref[r].astype(np.float64))
-                kl_sum += float(np.sum(p * (lp_ref[r].astype(np.float64) - lp_cap[r].astype(np.float64))))
-                steps += 1
-                top2 = np.partition(lp_ref[r], -2)[-2:]
-                if top2[1] - top2[0] >= margin:
-                    decisive += 1
-                    agree += int(np.argmax(lp_cap[r]) == np.argmax(lp_ref[r]))
+    with ref.step_decoder() as ref_decoder, cap.step_decoder() as cap_decoder:
+        for i in range(0, len(pixels), batch):
+            chunk, toks = pixels[i : i + batch], [list(t) for t in ref_tokens[i : i + batch]]
+            n, length = len(chunk), max((len(t) for t in toks), default=0)
+            if length == 0:
+                continue
+            for c, d in ((ref, ref_decoder), (cap, cap_decoder)):
+                d.set_encoded(c.encode(chunk))
+                d.begin(np.arange(n), length)
+            for t in range(length):
+                feed = np.array([start if t == 0 else (row[t - 1] if t - 1 < len(row) else start) for row in toks],
+                                np.int64)
+                lp_ref = log_softmax(ref_decoder.step(feed, t))
+                lp_cap = log_softmax(cap_decoder.step(feed, t))
+                for r, row in enumerate(toks):
+                    if t >= len(row):
+                        continue
+                    p = np.exp(lp_ref[r].astype(np.float64))
+                    kl_sum += float(np.sum(p * (lp_ref[r].astype(np.float64) - lp_cap[r].astype(np.float64))))
+                    steps += 1
+                    top2 = np.partition(lp_ref[r], -2)[-2:]
+                    if top2[1] - top2[0] >= margin:
+                        decisive += 1
+                        agree += int(np.argmax(lp_cap[r]) == np.argmax(lp_ref[r]))
     return TeacherForced(agree / decisive if decisive else None, decisive, steps, kl_sum / max(1, steps))
 
 
@@ -197,20 +199,30 @@ def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> t
     """(encoder feeds, decoder-step feeds) recorded while the fp32 graphs caption `pixels`."""
     cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
     enc_feeds, dec_feeds = [], []
-    decoder = cap._decoder
-    real_step = decoder.step
-
-    def recording_step(tokens, step):
-        logits = real_step(tokens, step)  # sets decoder._feeds for this step, then runs it
-        dec_feeds.append({k: np.array(v, copy=True) for k, v in decoder._feeds.items()})
-        return logits
-
-    decoder.step = recording_step
-    try:
+    opts = cap.resolve_options(GenerationOptions(num_beams=1))
+    with cap.step_decoder() as decoder:
+        recording = _RecordingDecoder(decoder, dec_feeds)
         for i in range(0, len(pixels), batch):
             chunk = np.ascontiguousarray(pixels[i : i + batch])
             enc_feeds.append({mf.PIXEL_VALUES: chunk})
-            cap.decode(cap.encode(chunk), GenerationOptions(num_beams=1))
-    finally:
-        decoder.step = real_step
+            decoder.set_encoded(cap.encode(chunk))
+            decoding.decode(recording, len(chunk), opts)
     return enc_feeds, dec_feeds
+
+
+class _RecordingDecoder:
+    """A decoder state that also keeps a copy of every step's graph inputs (calibration feeds)."""
+
+    def __init__(self, decoder, feeds: list[dict]) -> None:
+        self.decoder, self.feeds = decoder, feeds
+
+    def begin(self, rows: np.ndarray, max_steps: int) -> None:
+        self.decoder.begin(rows, max_steps)
+
+    def step(self, tokens: np.ndarray, step: int) -> np.ndarray:
+        logits = self.decoder.step(tokens, step)  # binds this step's inputs (decoder._feeds), then runs
+        self.feeds.append({k: np.array(v, copy=True) for k, v in self.decoder._feeds.items()})
+        return logits
+
+    def reorder(self, src_rows: np.ndarray) -> None:
+        self.decoder.reorder(src_rows)

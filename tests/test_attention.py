@@ -145,7 +145,7 @@ def test_the_normal_step_is_unchanged_and_the_variant_only_adds_outputs(export_a
     # captioning without attentions never loads the variant
     cap = Captioner(bundle, precision="fp32")
     cap.caption(np.zeros((32, 32, 3), np.uint8))
-    assert cap._attention_decoder is None
+    assert cap._attention_decoders is None
 
 
 def test_every_precision_has_its_variant(export_attn, sample_images):
