@@ -19,7 +19,9 @@ import numpy as np
 from . import decoding
 from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
 from .bundle import Bundle, load_bundle
+from .bundlecheck import check_tokenizer
 from .errors import BundleError, OptionsError
+from .manifest import PIXEL_VALUES
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
 from .preprocess import ImageSource, PreprocessSpec, preprocess
 from .text import Detokenizer
@@ -51,6 +53,24 @@ class Caption:
         (0, 1]; comparable across lengths (a sum is not), 0.0 for an empty caption. One unsure
         character in a long OCR line moves it little: look at `token_scores` for those."""
         return decoding.confidence(self.token_scores)
+
+
+def _preprocess_spec(bundle: Bundle, precision: str) -> PreprocessSpec:
+    """The bundle's preprocessing, checked against the encoder graph's input size."""
+    where = f"{bundle.path / 'manifest.json'}: preprocess"
+    try:
+        spec = PreprocessSpec.from_dict(bundle.manifest.preprocess)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    pixels = next((t for t in bundle.graphs(precision).encoder.inputs if t.name == PIXEL_VALUES), None)
+    try:
+        out_hw = spec.output_hw
+    except ValueError:  # a size that depends on the image: nothing to compare
+        return spec
+    if pixels is not None and all(isinstance(d, int) for d in pixels.shape[2:]) and tuple(pixels.shape[2:]) != out_hw:
+        raise BundleError(f"{where}: makes {out_hw[0]}x{out_hw[1]} images but the {precision} encoder takes "
+                          f"{pixels.shape[2]}x{pixels.shape[3]}")
+    return spec
 
 
 def default_bundle_dir() -> Path | None:
@@ -141,10 +161,7 @@ class Captioner:
         self.precision = precision or self._pick_precision(bundle)
         self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
         man = self.bundle.manifest
-        try:
-            self.preprocess_spec = PreprocessSpec.from_dict(man.preprocess)
-        except ValueError as exc:
-            raise BundleError(f"{self.bundle.path / 'manifest.json'}: preprocess: {exc}") from None
+        self.preprocess_spec = _preprocess_spec(self.bundle, self.precision)
         if self.backend == "cpu":
             self._encoder, self._decoders = self._cpu_models(threads)
         else:  # device-resident encoder outputs and KV cache (edgecap/gpu, docs/gpu.md)
@@ -164,6 +181,7 @@ class Captioner:
                 self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
                 self._encoder, self._decoders = self._cpu_models(threads)
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
+        check_tokenizer(self.detokenize.tokenizer, man, str(self.bundle.file(man.tokenizer.file)))
         self._threads, self._verify_checksums = threads, verify_checksums
         self._attention_decoders: DecoderStatePool | None = None  # loaded on the first output_attentions=True
         self._attention_lock = threading.Lock()

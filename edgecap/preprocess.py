@@ -25,6 +25,7 @@ Deviations from transformers (deliberate, see :func:`to_rgb` and :func:`load_ima
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import warnings
@@ -43,6 +44,7 @@ ImageSource = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
 
 IMAGENET_STANDARD = (0.5, 0.5, 0.5)
 IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MAX_SIDE = 1 << 15  # an encoder input side beyond this is a corrupt config, not a model
 # Class-level defaults of the transformers processors, used for keys a config omits
 # (transformers/models/{vit,deit}/image_processing_pil_*.py and BaseImageProcessor).
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -168,6 +170,15 @@ class PreprocessSpec:
             raise ValueError(f"resample must be a PIL resampling code 0..5, got {self.resample!r}")
         if self.do_normalize and any(s == 0 for s in self.image_std):
             raise ValueError(f"image_std must not contain 0, got {self.image_std}")
+        numbers = {"rescale_factor": (self.rescale_factor,), "image_mean": self.image_mean, "image_std": self.image_std}
+        for name, values in numbers.items():
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be finite, got {values if len(values) > 1 else values[0]!r}")
+        if self.do_rescale and self.rescale_factor <= 0:
+            raise ValueError(f"rescale_factor must be positive, got {self.rescale_factor}")
+        for name, sizes in (("size", self.size), ("crop_size", self.crop_size or {})):
+            if any(v > MAX_SIDE for v in sizes.values()):
+                raise ValueError(f"{name} values must be at most {MAX_SIDE} pixels, got {sizes}")
 
     @property
     def output_hw(self) -> tuple[int, int]:

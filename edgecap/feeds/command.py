@@ -7,6 +7,7 @@ or bundle error; 130 interrupted (everything finished before Ctrl-C is on disk: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -15,8 +16,12 @@ from collections import defaultdict
 from typing import TextIO
 
 from ..cliargs import EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_generation_args, add_model_args, generation_options
+from ..outputlock import OutputLock
 from ..progress import StatusLine, format_eta
-from .output import append_all, check_resume, encode_records, feed_settings, load_records, settings_file, write_atomic, write_subtitles
+from .output import (
+    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, write_atomic,
+    write_subtitles,
+)
 from .pipeline import FeedConfig, FeedListener, run_feed
 from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FrameCaption, expand_sources
 
@@ -177,6 +182,13 @@ def run_command(args: argparse.Namespace) -> int:
     to_stdout = args.out == "-"
     sources = expand_sources(args.sources)
     captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
+    with contextlib.ExitStack() as held:
+        if not to_stdout:  # one writer per output, from before it is read until the last line is written
+            held.enter_context(OutputLock(args.out, lock_file(args.out)))
+        return _run(args, captioner, cfg, options, sources, to_stdout)
+
+
+def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources, to_stdout: bool) -> int:
     settings = feed_settings(captioner, cfg, options)
     done: dict[tuple[str, int], FrameCaption] = {}
     if to_stdout:

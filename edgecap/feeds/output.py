@@ -88,6 +88,11 @@ def settings_file(out: str | os.PathLike) -> Path:
     return Path(os.fspath(out) + ".settings.json")
 
 
+def lock_file(out: str | os.PathLike) -> Path:
+    """The lock file `edgecap feed --out OUT` holds for the run (edgecap/outputlock.py)."""
+    return Path(os.fspath(out) + ".lock")
+
+
 def subtitle_names(sources: Sequence[FeedSource]) -> dict[str, str]:
     """Subtitle file name (without .vtt/.srt) per video source, mirroring the sources' layout.
 
