@@ -162,6 +162,9 @@ class Generation:
     # A stopping rule beyond eos and max_new_tokens (edgecap.stopping.STOPPING_RULES): "nougat", the
     # repetition stop of Nougat's own inference, which Nougat checkpoints are exported with. None: none.
     stopping: str | None = None
+    # Clean-up of the decoded text (edgecap.text.POSTPROCESSORS), e.g. "nougat": Nougat's markdown
+    # clean-up (NougatTokenizerFast.post_process_generation). None: the text as decoded.
+    postprocess: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,6 @@ class TokenizerSpec:
     file: str
     skip_special_tokens: bool
     clean_up_tokenization_spaces: bool
-    # Text clean-up applied to decoded captions by default (edgecap.text.POSTPROCESSORS), e.g.
-    # "nougat": NougatTokenizerFast.post_process_generation's markdown clean-up. None: the text as decoded.
-    postprocess: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from .errors import OptionsError
 from .manifest import Generation
 from .stopping import STOPPING_RULES
+from .text import POSTPROCESSORS
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class GenerationOptions:
     # A stopping rule beyond eos/max_new_tokens (edgecap.stopping): "nougat" (Nougat's repetition
     # stop, greedy only), or "none" to turn off the bundle's; None: the bundle's default.
     stopping: str | None = None
+    # Clean-up of the decoded text (edgecap.text.POSTPROCESSORS): "nougat" (Nougat's markdown clean-up),
+    # "nougat-no-markdown", or "none"; None: the bundle's default. Tokens and scores are unchanged.
+    postprocess: str | None = None
 
     def merged(self, **overrides) -> "GenerationOptions":
         """A copy with the non-None `overrides` applied."""
@@ -73,7 +77,8 @@ class GenerationOptions:
             pad_token_id=defaults.pad_token_id,
             forced_bos_token_id=defaults.forced_bos_token_id,
             forced_eos_token_ids=tuple(defaults.forced_eos_token_ids),
-            stopping=_stopping(self.stopping, defaults.stopping),
+            stopping=_choice("stopping", self.stopping, defaults.stopping, STOPPING_RULES),
+            postprocess=_choice("postprocess", self.postprocess, defaults.postprocess, POSTPROCESSORS),
         )
         opts.check()
         return opts
@@ -97,6 +102,7 @@ class ResolvedOptions:
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     max_positions: int | None = None
     stopping: str | None = None  # one of edgecap.stopping.STOPPING_RULES, or None
+    postprocess: str | None = None  # one of edgecap.text.POSTPROCESSORS, or None
 
     def __post_init__(self) -> None:
         if not self.decoder_input_ids:
@@ -150,13 +156,13 @@ def _bad_words(value, eos_ids: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     return tuple(seq for seq in seqs if not (len(seq) == 1 and seq[0] in eos_ids))
 
 
-def _stopping(asked: str | None, default: str | None) -> str | None:
-    """The stopping rule in force: "none" turns the bundle's off."""
+def _choice(name: str, asked: str | None, default: str | None, known: Sequence[str]) -> str | None:
+    """The named rule in force (asked, else the bundle's); "none" turns the bundle's off."""
     value = default if asked is None else asked
     if value in (None, "none"):
         return None
-    if value not in STOPPING_RULES:
-        raise OptionsError(f"stopping must be one of {', '.join(STOPPING_RULES)} or 'none', got {value!r}")
+    if value not in known:
+        raise OptionsError(f"{name} must be one of {', '.join(known)} or 'none', got {value!r}")
     return value
 
 

@@ -401,15 +401,17 @@ def _source_name(image: ImageSource) -> str:
     return str(getattr(image, "filename", "") or "<image>")
 
 
-def preprocess_one(image: ImageSource, spec: PreprocessSpec, min_side: int | None = None) -> np.ndarray:
+def preprocess_one(image: ImageSource, spec: PreprocessSpec, min_side: int | None = None,
+                   source: str | None = None) -> np.ndarray:
     """One image to a float32 ``[3, H, W]`` array, bit-compatible with the HF PIL processors.
 
     ``min_side`` (document kinds): warn, naming the image, when its content reaches the model
-    thinner than this many pixels (the Captioner passes the encoder's patch size).
+    thinner than this many pixels (the Captioner passes the encoder's patch size). ``source``: the
+    name for messages (default: the path, or ``<image>``).
     """
     rgb = load_image(image)
     if spec.kind in DOCUMENT_KINDS:
-        pixels = document_geometry(rgb, spec, _source_name(image), min_side)
+        pixels = document_geometry(rgb, spec, source or _source_name(image), min_side)
     else:
         if spec.do_resize:
             out_h, out_w = resize_hw(rgb.width, rgb.height, spec.size)

@@ -14,6 +14,21 @@ from .errors import BundleError, OptionsError
 from .manifest import TokenizerSpec
 
 
+# Clean-ups of decoded text (GenerationOptions.postprocess, Generation.postprocess): Nougat's markdown
+# clean-up (NougatTokenizerFast.post_process_generation), with its markdown fixes or without them
+# (Nougat's predict.py --no-markdown).
+POSTPROCESSORS = ("nougat", "nougat-no-markdown")
+
+
+def postprocess_text(text: str, name: str | None) -> str:
+    """`text` cleaned up by the named POSTPROCESSORS entry (None: unchanged)."""
+    if name is None:
+        return text
+    from . import nougat  # only bundles that ask for it pay for its regular expressions
+
+    return nougat.post_process(text, fix_markdown=name == "nougat")
+
+
 def unknown_prompt_message(prompt: str, pieces: Sequence[str], unk: str) -> str:
     """The one refusal of a prompt with text the tokenizer does not know, for `caption` and `export`:
     generate() would silently feed those pieces as the unknown token."""

@@ -249,14 +249,16 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
 
 
 def nougat_generation(gen: mf.Generation, tokenizer) -> mf.Generation:
-    """What Nougat's own inference (the nougat repository's NougatModel.inference) adds to the
-    generation config: the repetition stop, and the unknown token banned (`bad_words_ids=[[unk]]`,
-    also the model card's generate() call)."""
+    """What Nougat's own inference (the nougat repository's NougatModel.inference and predict.py) adds
+    to the generation config: the repetition stop, the unknown token banned (`bad_words_ids=[[unk]]`,
+    also the model card's generate() call), and the markdown clean-up of its output (predict.py's
+    default; the model card calls post_process_generation too)."""
     bad = list(gen.bad_words_ids)
     unk = tokenizer.unk_token_id
     if unk is not None and [int(unk)] not in bad and int(unk) not in gen.eos_token_ids:
         bad.append([int(unk)])
-    return mf.Generation(**{**gen.__dict__, "stopping": gen.stopping or "nougat", "bad_words_ids": bad})
+    return mf.Generation(**{**gen.__dict__, "stopping": gen.stopping or "nougat", "bad_words_ids": bad,
+                            "postprocess": gen.postprocess or "nougat"})
 
 
 def _prompt_ids(model: str, tokenizer, prompt: str) -> list[int]:
@@ -414,8 +416,6 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 file="tokenizer.json",
                 skip_special_tokens=True,
                 clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
-                # Nougat's users get its markdown clean-up, as its predict script and model card give it
-                postprocess="nougat" if spec.kind == "nougat" else None,
             ),
             graphs=pairs,
             files={},

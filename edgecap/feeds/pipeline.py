@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from .. import pdf
 from ..errors import ImageError
 from ..decoding import confidence
 from ..options import GenerationOptions
@@ -182,7 +183,8 @@ def sample_source(
     counting frames `done` already holds. Shared by `run_feed`'s decoder thread and the Ray read tasks.
     """
     done = done or {}
-    dedupe = cfg.dedupe
+    # two different pages of text look alike as 32x32 thumbnails: a PDF's pages are never deduped
+    dedupe = 0.0 if src.kind == "pdf" else cfg.dedupe
     sampled = iter_sampled(src, cfg.every, cfg.fps, cfg.max_frames)
     skipped = 0
     ref: int | tuple[str, float, float | None] | None = None  # what a repeat repeats: a frame index or an earlier run's result
@@ -224,8 +226,14 @@ def sample_source(
                     float(np.mean(np.abs(thumb - ref_thumb))) < dedupe:
                 yield RepeatedFrame(item.index, pts, ref)
                 continue
+            name = pdf.page_name(src.name, item.index + 1) if src.kind == "pdf" else f"{src.name} {_where(item.index, pts)}"
+            try:  # a document model's geometry can refuse a frame (too elongated for its canvas)
+                pixels = preprocess_one(rgb, spec, source=name)
+            except ImageError as exc:
+                yield FeedProblem(src.name, _where(item.index, pts), f"{exc.problem}, skipped")
+                continue
             ref, ref_thumb = item.index, thumb
-            yield SampledFrame(item.index, pts, preprocess_one(rgb, spec))
+            yield SampledFrame(item.index, pts, pixels)
         if skipped:
             yield _Event("skip", src.name, skipped)
     finally:
@@ -247,7 +255,7 @@ def run_feed(
     yielded again (they still steer dedupe). Problems go to `listener.problem`; the run goes on.
     """
     config.check()
-    captioner.resolve_options(options)  # bad options fail before any decoding
+    settled = captioner.resolve_options(options)  # bad options fail before any decoding
     listener = listener or FeedListener()
     producer = _Producer(captioner, list(sources), config, dict(done or {}))
     hold_limit = max(64, 4 * config.batch_size)  # run a partial batch rather than hold more results
@@ -262,7 +270,7 @@ def run_feed(
         pixels = np.stack([j.pixels for j in pending])
         for job, hyps in zip(pending, captioner.decode(captioner.encode(pixels), options)):
             best = hyps[0]
-            results[job.id] = (captioner.detokenize(best.token_ids), float(best.score), confidence(best.token_scores))
+            results[job.id] = (captioner.caption_text(best, settled)[0], float(best.score), confidence(best.token_scores))
         pending.clear()
 
     def resolved() -> list[FrameCaption]:
