@@ -353,8 +353,6 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
     gen = generation_defaults(hf_model, tokenizer)
-    if spec.kind == "nougat":
-        gen = nougat_generation(gen, tokenizer)
     if options.prompt:
         gen = mf.Generation(**{**gen.__dict__, "prompt_ids": _prompt_ids(model, tokenizer, options.prompt)})
     prompt_len = len(gen.prompt_ids) + (0 if gen.prompt_includes_start and gen.prompt_ids else 1)
@@ -450,7 +448,11 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 shutil.rmtree(tmp / prec, ignore_errors=True)
                 continue
             reports[prec] = rep
-        manifest = mf.Manifest(**{**manifest.__dict__, "graphs": pairs, "verification": reports})
+        # Verified with the checkpoint's own generation config (what generate() uses); what Nougat's
+        # inference adds to it goes into the bundle's defaults only now.
+        final_gen = nougat_generation(gen, tokenizer) if spec.kind == "nougat" else gen
+        manifest = mf.Manifest(**{**manifest.__dict__, "generation": final_gen, "graphs": pairs,
+                                  "verification": reports})
         _write_manifest(tmp, manifest)
         _move_into_place(tmp, out)
     except BaseException:
