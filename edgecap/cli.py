@@ -22,6 +22,9 @@ from .errors import EdgecapError
 from .extras import install_command
 from .inputs import expand_inputs
 from .progress import StatusLine, bar, format_eta
+from .signals import (
+    EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, escape_field, silence_stdout, tsv_line, unix_signals, write_line,
+)
 
 log = logging.getLogger("edgecap")
 
@@ -144,6 +147,10 @@ def _caption(args: argparse.Namespace) -> int:
             raise EdgecapError("--max-pixels must be >= 1")
         # PIL reads this global at every open; this process is the command, so setting it is local enough
         Image.MAX_IMAGE_PIXELS = args.max_pixels
+    if hasattr(sys.stdout, "reconfigure"):
+        # JSON Lines are UTF-8 whatever the locale; plain lines keep the terminal's encoding. Neither
+        # may crash on a character it cannot encode (an undecodable file name): escaped instead.
+        sys.stdout.reconfigure(encoding="utf-8" if args.json else None, errors="backslashreplace")
     captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
     resolved = captioner.resolve_options(options)  # bad options fail before any image is read
     maps = None
@@ -178,7 +185,7 @@ def _caption(args: argparse.Namespace) -> int:
                 if maps is not None:
                     maps.write(captioner, path, image, c)
             else:
-                status.print(f"{path}: {problem}")
+                status.print(f"{escape_field(path)}: {problem}")
                 writer.failure(path, problem)
         progress.advance(len(pending), sum(1 for *_, problem in pending if problem is not None))
         pending.clear()
@@ -241,16 +248,16 @@ class _CaptionWriter:
 
     def caption(self, path: str, c: Any) -> None:
         if not self.json_lines:
-            print("\t".join([path, c.text] + [a.text for a in c.alternatives]), flush=True)
+            write_line(tsv_line([path, c.text] + [a.text for a in c.alternatives]))
             return
         record = {"path": path, **self._fields(c), **self.extra}
         if self.alternatives:
             record["alternatives"] = [self._fields(a) for a in c.alternatives]
-        print(json.dumps(record), flush=True)
+        write_line(json.dumps(record, ensure_ascii=False))
 
     def failure(self, path: str, problem: str) -> None:
         if self.json_lines:
-            print(json.dumps({"path": path, "error": problem, **self.extra}), flush=True)
+            write_line(json.dumps({"path": path, "error": problem, **self.extra}, ensure_ascii=False))
 
     def _fields(self, c: Any) -> dict:
         fields = {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids),
@@ -362,12 +369,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("edgecap.captioner", "edgecap.bundle", "edgecap.backends"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        return {"caption": _caption, "export": _export, "feed": _feed, "build-engine": _build_engine}[args.command](args)
+        with unix_signals():
+            return {"caption": _caption, "export": _export, "feed": _feed, "build-engine": _build_engine}[args.command](args)
     except EdgecapError as exc:
         if debug:
             raise
         _say(f"error: {exc}")
         return EXIT_USAGE
+    except BrokenPipeError:  # `edgecap caption ... | head -2`: the reader is gone, which is no error of ours
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except Terminated:
+        _say("terminated (SIGTERM); finished work is kept")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED
