@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
     )
     cap.add_argument("paths", nargs="+", metavar="PATH",
-                     help="image files, directories of images, glob patterns, or - to read paths from stdin "
-                     "(one per line, taken literally)")
+                     help="image files, PDFs (one input per page, rendered at 96 dpi as Nougat does, named "
+                     "paper.pdf#page=N, which also works as an input; needs the pdf extra), directories of images "
+                     "and PDFs, glob patterns, or - to read paths from stdin (one per line, taken literally)")
     cap.add_argument("-r", "--recursive", action="store_true", help="scan directories' subdirectories too")
     cap.add_argument("--json", action="store_true",
                      help="print one JSON object per input: path, caption, score, token_ids, token_scores (each "

@@ -112,6 +112,7 @@ class _Producer(threading.Thread):
                  done: dict[tuple[str, int], FrameCaption]) -> None:
         super().__init__(name="edgecap-feed-decoder", daemon=True)
         self.spec = captioner.preprocess_spec
+        self.min_side = captioner.bundle.manifest.architecture.encoder_patch_size
         self.sources, self.cfg, self.done = sources, cfg, done
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.prefetch or 4 * cfg.batch_size)
         self.stop = threading.Event()
@@ -140,7 +141,7 @@ class _Producer(threading.Thread):
 
     def run_source(self, src: FeedSource) -> None:
         job_ids: dict[int, int] = {}  # this source's frame index -> job id, for repeats' references
-        for item in sample_source(src, self.cfg, self.spec, self.done, self.stop):
+        for item in sample_source(src, self.cfg, self.spec, self.done, self.stop, self.min_side):
             if isinstance(item, SampledFrame):
                 self.next_id += 1
                 job_ids[item.frame] = self.next_id
@@ -176,11 +177,13 @@ def sample_source(
     spec: PreprocessSpec,
     done: dict[tuple[str, int], FrameCaption] | None = None,
     stop: threading.Event | None = None,
+    min_side: int | None = None,
 ) -> Iterator[SampledFrame | RepeatedFrame | FeedProblem | _Event]:
     """One source's sampled frames in time order, deduped and preprocessed (the decode stage).
 
     Also yields its problems, a "start" event (expected sample count, or None) and "skip" events
     counting frames `done` already holds. Shared by `run_feed`'s decoder thread and the Ray read tasks.
+    `min_side`: warn about frames whose content reaches the encoder thinner than this (its patch size).
     """
     done = done or {}
     # two different pages of text look alike as 32x32 thumbnails: a PDF's pages are never deduped
@@ -228,7 +231,7 @@ def sample_source(
                 continue
             name = pdf.page_name(src.name, item.index + 1) if src.kind == "pdf" else f"{src.name} {_where(item.index, pts)}"
             try:  # a document model's geometry can refuse a frame (too elongated for its canvas)
-                pixels = preprocess_one(rgb, spec, source=name)
+                pixels = preprocess_one(rgb, spec, min_side, source=name)
             except ImageError as exc:
                 yield FeedProblem(src.name, _where(item.index, pts), f"{exc.problem}, skipped")
                 continue
