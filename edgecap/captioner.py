@@ -330,6 +330,10 @@ class Captioner:
     def encode_text(self, text: str) -> list[int]:
         """Token ids of `text` without special tokens, padding or truncation (how a text prompt is fed);
         `OptionsError` when the tokenizer does not know a piece of it (it would be fed as unknown)."""
+        if not self.bundle.manifest.tokenizer.encodes_text:
+            raise OptionsError(f"{self.bundle.path}: this bundle's tokenizer was rebuilt from the checkpoint's vocab.txt "
+                               "(a slow tokenizer with no fast class); it decodes as the model's own but cannot encode "
+                               "a text prompt the same way: give the prompt as token ids (prompt_ids, --prompt-ids)")
         return self.detokenize.encode_prompt(text)
 
     # --- all together -------------------------------------------------------------------------

@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write an attention-emitting decoder step per precision, for `caption --attention-maps` "
                      "and Captioner.caption(output_attentions=True); the normal step is unchanged")
     exp.add_argument("--verify-images", type=int, default=4, metavar="N", help="random images checked against PyTorch")
+    exp.add_argument("--verify-steps", type=int, default=48, metavar="N",
+                     help="tokens decoded per image when verifying fp32 and judging precisions (default: 48, past the "
+                     "cache's growth from 16 to 64 slots; 0 = the model's whole max_new_tokens)")
+    exp.add_argument("--max-logit-diff", type=float, default=1e-3, metavar="X",
+                     help="largest fp32 logit difference to PyTorch accepted outright (default: 1e-3); beyond it the "
+                     "graphs still pass when, against PyTorch in float64, their error is within 4x PyTorch fp32's own")
     exp.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
 
     from .feeds.command import add_feed_parser  # `edgecap feed` (video needs the [feeds] extra)
@@ -329,6 +335,8 @@ def _export(args: argparse.Namespace) -> int:
     options = ExportOptions(
         precisions=precisions,
         verify_images=args.verify_images,
+        verify_steps=args.verify_steps,
+        max_logit_diff=args.max_logit_diff,
         min_agreement=args.min_agreement,
         allow_partial=args.allow_partial,
         eval_images=eval_images,
