@@ -80,6 +80,16 @@ def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -
                         "decoder start token, as generate(decoder_input_ids=...))")
     g.add_argument("--bad-words-ids", type=parse_id_lists, metavar="JSON",
                    help="token sequences never to generate, e.g. '[[3], [17, 42]]' (default: the bundle's)")
+    g.add_argument("--stopping", choices=("nougat", "none"),
+                   help="also stop when the output starts repeating itself, as Nougat's own inference does "
+                   "(greedy only; a page that repeated is reported as [MISSING_PAGE_FAIL], one that repeated from "
+                   "its start as [MISSING_PAGE_EMPTY]); none: only eos and --max-new-tokens end an output "
+                   "(default: the bundle's: nougat for Nougat checkpoints, else none)")
+    g.add_argument("--postprocess", choices=("nougat", "nougat-no-markdown", "none"),
+                   help="clean up the decoded text: nougat = Nougat's post_process_generation (drops made-up "
+                   "references and repeated tails, fixes tables, lists and markdown), nougat-no-markdown = the "
+                   "same without the markdown fixes (equation tags, URLs); tokens and scores are unchanged "
+                   "(default: the bundle's: nougat for Nougat checkpoints, else none)")
     if alternatives:
         g.add_argument("--num-return-sequences", type=int, metavar="N",
                        help="beam search: also report the N-1 next-best outputs (1 up to --num-beams)")
@@ -98,4 +108,6 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
         prompt=args.prompt,
         prompt_ids=args.prompt_ids,
         bad_words_ids=args.bad_words_ids,
+        stopping=args.stopping,
+        postprocess=args.postprocess,
     )

@@ -130,6 +130,9 @@ class Architecture:
     # class/distillation tokens first, then a rows x columns grid of patches (Swin: its last stage).
     encoder_grid: list[int] | None = None
     encoder_prefix_tokens: int | None = None
+    # The encoder's patch side in pixels: content thinner than this reaches the model as a sliver
+    # (the runtime warns, naming the image). None in bundles written before it was recorded.
+    encoder_patch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,12 @@ class Generation:
     # generate(decoder_input_ids=...) puts the decoder start token before a prompt, except for Donut
     # checkpoints, whose prompt is the whole decoder input (transformers PR #31470)
     prompt_includes_start: bool = False
+    # A stopping rule beyond eos and max_new_tokens (edgecap.stopping.STOPPING_RULES): "nougat", the
+    # repetition stop of Nougat's own inference, which Nougat checkpoints are exported with. None: none.
+    stopping: str | None = None
+    # Clean-up of the decoded text (edgecap.text.POSTPROCESSORS), e.g. "nougat": Nougat's markdown
+    # clean-up (NougatTokenizerFast.post_process_generation). None: the text as decoded.
+    postprocess: str | None = None
 
 
 @dataclass(frozen=True)

@@ -154,8 +154,9 @@ class _CaptionActor:
                 pixels.append(px)
         if pixels:
             cap = self.captioner
+            resolved = cap.resolve_options(self.options)
             for i, hyps in zip(todo, cap.decode(cap.encode(np.stack(pixels)), self.options)):
-                captions[i] = cap.detokenize(hyps[0].token_ids)
+                captions[i] = cap.caption_text(hyps[0], resolved)[0]
                 scores[i] = float(hyps[0].score)
                 confidences[i] = confidence(hyps[0].token_scores)
         return {**batch, "caption": captions, "score": scores, "confidence": confidences, "error": errors}
