@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .options import GenerationOptions
+from .text import POSTPROCESSORS
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -85,11 +86,12 @@ def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -
                    "(greedy only; a page that repeated is reported as [MISSING_PAGE_FAIL], one that repeated from "
                    "its start as [MISSING_PAGE_EMPTY]); none: only eos and --max-new-tokens end an output "
                    "(default: the bundle's: nougat for Nougat checkpoints, else none)")
-    g.add_argument("--postprocess", choices=("nougat", "nougat-no-markdown", "none"),
+    g.add_argument("--postprocess", choices=(*POSTPROCESSORS, "none"),
                    help="clean up the decoded text: nougat = Nougat's post_process_generation (drops made-up "
                    "references and repeated tails, fixes tables, lists and markdown), nougat-no-markdown = the "
-                   "same without the markdown fixes (equation tags, URLs); tokens and scores are unchanged "
-                   "(default: the bundle's: nougat for Nougat checkpoints, else none)")
+                   "same without the markdown fixes (equation tags, URLs), manga-ocr = manga-ocr's (spaces removed, "
+                   "ellipses as dots, half-width made full-width); tokens and scores are unchanged "
+                   "(default: the bundle's: nougat for Nougat checkpoints, manga-ocr for manga-ocr's, else none)")
     if alternatives:
         g.add_argument("--num-return-sequences", type=int, metavar="N",
                        help="beam search: also report the N-1 next-best outputs (1 up to --num-beams)")

@@ -16,14 +16,18 @@ from .manifest import TokenizerSpec
 
 # Clean-ups of decoded text (GenerationOptions.postprocess, Generation.postprocess): Nougat's markdown
 # clean-up (NougatTokenizerFast.post_process_generation), with its markdown fixes or without them
-# (Nougat's predict.py --no-markdown).
-POSTPROCESSORS = ("nougat", "nougat-no-markdown")
+# (Nougat's predict.py --no-markdown); manga-ocr's (manga_ocr.ocr.post_process: no spaces, full-width).
+POSTPROCESSORS = ("nougat", "nougat-no-markdown", "manga-ocr")
 
 
 def postprocess_text(text: str, name: str | None) -> str:
     """`text` cleaned up by the named POSTPROCESSORS entry (None: unchanged)."""
     if name is None:
         return text
+    if name == "manga-ocr":
+        from . import mangaocr
+
+        return mangaocr.post_process(text)
     from . import nougat  # only bundles that ask for it pay for its regular expressions
 
     return nougat.post_process(text, fix_markdown=name == "nougat")

@@ -485,6 +485,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         # Verified with the checkpoint's own generation config (what generate() uses); what Nougat's
         # inference adds to it goes into the bundle's defaults only now.
         final_gen = nougat_generation(gen, tokenizer) if spec.kind == "nougat" else gen
+        if getattr(tokenizer, "edgecap_postprocess", None) and final_gen.postprocess is None:
+            final_gen = mf.Generation(**{**final_gen.__dict__, "postprocess": tokenizer.edgecap_postprocess})
         manifest = mf.Manifest(**{**manifest.__dict__, "generation": final_gen, "graphs": pairs,
                                   "verification": reports})
         _write_manifest(tmp, manifest)
