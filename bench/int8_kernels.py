@@ -94,15 +94,21 @@ def dynamic_graph(lin: Linear):
     return _model(nodes, inits, lin.w.shape[0])
 
 
-def nbits_graph(lin: Linear, block: int):
+def nbits_graph(lin: Linear, block: int, accuracy: int = 4, bits: int = 8):
     k, n = lin.w.shape
     blocks = k // block
     w = lin.w.T.reshape(n, blocks, block)  # [N, blocks, block]
     scale = np.abs(w).max(axis=-1) / 127.0
     scale[scale == 0] = 1.0
-    q = (np.clip(np.round(w / scale[..., None]), -128, 127) + 128).astype(np.uint8)  # zero point 128
+    if bits == 8:
+        q = (np.clip(np.round(w / scale[..., None]), -128, 127) + 128).astype(np.uint8)  # zero point 128
+    else:  # two 4-bit values per byte, zero point 8
+        scale = np.abs(w).max(axis=-1) / 7.0
+        scale[scale == 0] = 1.0
+        v = (np.clip(np.round(w / scale[..., None]), -8, 7) + 8).astype(np.uint8)
+        q = (v[..., 0::2] | (v[..., 1::2] << 4)).astype(np.uint8)
     nodes = [helper.make_node("MatMulNBits", ["x", "wq", "sc", "", "", "b"], ["y"], domain="com.microsoft", K=k, N=n,
-                              bits=8, block_size=block, accuracy_level=4)]
+                              bits=bits, block_size=block, accuracy_level=accuracy)]
     inits = [numpy_helper.from_array(q, "wq"), numpy_helper.from_array(scale.astype(np.float32).reshape(-1), "sc"),
              numpy_helper.from_array(lin.b, "b")]
     return _model(nodes, inits, k)
@@ -119,6 +125,10 @@ FORMS = {
     "DynamicQuantizeMatMul (per tensor)": dynamic_graph,
     "MatMulNBits 8-bit block 32": lambda lin: nbits_graph(lin, 32),
     "MatMulNBits 8-bit block 128": lambda lin: nbits_graph(lin, 128),
+    "MatMulNBits 8-bit block 32, fp32 compute": lambda lin: nbits_graph(lin, 32, accuracy=0),
+    "MatMulNBits 8-bit block 128, fp32 compute": lambda lin: nbits_graph(lin, 128, accuracy=0),
+    "MatMulNBits 4-bit block 32, fp32 compute": lambda lin: nbits_graph(lin, 32, accuracy=0, bits=4),
+    "MatMulNBits 4-bit block 32, int8 compute": lambda lin: nbits_graph(lin, 32, accuracy=4, bits=4),
     "fp32": fp32_graph,
 }
 

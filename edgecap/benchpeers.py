@@ -50,9 +50,13 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def engine_specs(precisions: list[str], backends: list[str], peers: list[str]) -> list[str]:
-    """ENGINE:PRECISION[@BACKEND] for every process to start, edgecap's first."""
-    specs = [f"edgecap:{p}" + ("" if b == "cpu" else f"@{b}") for b in backends for p in precisions]
+def engine_specs(precisions: list[str], backends: list[str], peers: list[str],
+                 graph_forms: tuple[str, ...] | list[str] = ("default",)) -> list[str]:
+    """ENGINE:PRECISION[@BACKEND] for every process to start, edgecap's first (engine "edgecap-plain":
+    a bundle's plain graphs, where "edgecap" runs its default, fused, ones)."""
+    names = {"default": "edgecap", "plain": "edgecap-plain"}
+    specs = [f"{names[form]}:{p}" + ("" if b == "cpu" else f"@{b}") for form in graph_forms for b in backends
+             for p in precisions]
     for name in peers:
         specs += [f"{name}:{p}" for p in PEER_PRECISIONS[name] if p == "fp32" or p in precisions]
     return specs

@@ -107,17 +107,21 @@ def check_manifest(man: mf.Manifest, where: str) -> None:
     if gen.early_stopping not in (True, False, "never"):
         _fail(where, "generation.early_stopping", f"{gen.early_stopping!r} is not true, false or \"never\"")
     for precision, pair in man.graphs.items():
-        for role, graph in (("encoder", pair.encoder), ("decoder", pair.decoder),
-                            ("decoder_attentions", pair.decoder_attentions)):
-            if graph is not None:
-                check_graph_spec(graph, role, arch, f"{where}: graphs.{precision}.{role}")
+        forms = [("", pair, False)] + ([("fused.", pair.fused, True)] if pair.fused is not None else [])
+        for prefix, graphs, fused in forms:
+            for role, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder),
+                                ("decoder_attentions", graphs.decoder_attentions)):
+                if graph is not None:
+                    check_graph_spec(graph, role, arch, f"{where}: graphs.{precision}.{prefix}{role}", fused)
 
 
-_LAYER_TENSOR = re.compile(r"^(cross_key|cross_value|past_key|past_value|new_key|new_value|cross_attention)\.(\d+)$")
+_LAYER_TENSOR = re.compile(
+    r"^(cross_key|cross_value|past_key|past_value|new_key|new_value|present_key|present_value|cross_attention)\.(\d+)$")
 
 
-def _expected_dims(name: str, arch: mf.Architecture) -> list[int | None] | None:
-    """Fixed sizes a tensor must have (None: any size, symbolic), or None for a name we do not know."""
+def _expected_dims(name: str, arch: mf.Architecture, fused: bool = False) -> list[int | None] | None:
+    """Fixed sizes a tensor must have (None: any size, symbolic), or None for a name we do not know.
+    Fused graphs keep keys as values are ([.., positions, head_dim]) and update the cache in place."""
     h, d, s = arch.decoder_heads, arch.head_dim, arch.encoder_seq_len
     fixed = {
         mf.INPUT_IDS: [None, 1], mf.STEP: [1], mf.LOGITS: [None, arch.vocab_size],
@@ -128,19 +132,22 @@ def _expected_dims(name: str, arch: mf.Architecture) -> list[int | None] | None:
     match = _LAYER_TENSOR.match(name)
     if match is None:
         return None
+    kind = match.group(1)
+    if fused and kind in ("cross_key", "past_key", "present_key", "present_value"):
+        return {"cross_key": [None, h, s, d]}.get(kind, [None, h, None, d])
     return {
         "cross_key": [None, h, d, s], "cross_value": [None, h, s, d],
         "past_key": [None, h, d, None], "past_value": [None, h, None, d],
         "new_key": [None, h, d, 1], "new_value": [None, h, 1, d], "cross_attention": [None, h, s],
-    }[match.group(1)]
+    }[kind]
 
 
-def check_graph_spec(graph: mf.GraphSpec, role: str, arch: mf.Architecture, where: str) -> None:
+def check_graph_spec(graph: mf.GraphSpec, role: str, arch: mf.Architecture, where: str, fused: bool = False) -> None:
     """A graph's declared tensors against the architecture: names, one per decoder layer, sizes."""
     layers: dict[str, set[int]] = {}
     for kind, tensors in (("input", graph.inputs), ("output", graph.outputs)):
         for t in tensors:
-            want = _expected_dims(t.name, arch)
+            want = _expected_dims(t.name, arch, fused)
             if want is None:
                 _fail(where, f"{kind} {t.name}", "is not a tensor edgecap graphs have")
             if len(t.shape) != len(want):
@@ -158,7 +165,8 @@ def check_graph_spec(graph: mf.GraphSpec, role: str, arch: mf.Architecture, wher
             _fail(where, kind, f"the graph has layers {_span(seen)}, the decoder has {arch.decoder_layers}")
     names = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     required = [mf.PIXEL_VALUES] if role == "encoder" else [mf.INPUT_IDS, mf.STEP, mf.LOGITS]
-    required += ["cross_key", "cross_value"] if role == "encoder" else ["past_key", "past_value", "new_key", "new_value",
+    step_outputs = ["present_key", "present_value"] if fused else ["new_key", "new_value"]
+    required += ["cross_key", "cross_value"] if role == "encoder" else ["past_key", "past_value", *step_outputs,
                                                                          "cross_key", "cross_value"]
     missing = [n for n in required if n not in names and n not in layers]
     if missing:

@@ -21,6 +21,7 @@ from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session
 from .bundle import Bundle, load_bundle
 from .bundlecheck import check_tokenizer
 from .errors import BundleError, OptionsError
+from . import manifest as mf
 from .manifest import PIXEL_VALUES
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
 from .preprocess import ImageSource, PreprocessSpec, image_list, preprocess
@@ -144,6 +145,8 @@ class Captioner:
         backend: "cpu", "cuda", "ort-tensorrt", "tensorrt" or "auto" (see docs/gpu.md).
         threads: ONNX Runtime intra-op threads; None = all cores.
         verify_checksums: hash the graphs at load (a second or so for large models).
+        fused: on the cpu backend, run the bundle's fused graphs (ONNX Runtime's fused operators,
+            manifest.FusedGraphs) when it has them; None = yes, False = the plain graphs.
     """
 
     def __init__(
@@ -153,8 +156,10 @@ class Captioner:
         backend: str | None = None,
         threads: int | None = None,
         verify_checksums: bool = True,
+        fused: bool | None = None,
     ) -> None:
         t0 = time.perf_counter()
+        self._fused_asked = fused
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096):
             raise OptionsError(f"threads must be an integer from 1 to 4096 (or None: all cores), got {threads!r}")
         if bundle_dir is None:
@@ -196,12 +201,26 @@ class Captioner:
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
 
-    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, DecoderStatePool]:
+    @property
+    def fused(self) -> bool:
+        """Whether this captioner runs the bundle's fused graphs (cpu backend, bundle has them, not refused)."""
+        return (self.backend == "cpu" and self._fused_asked is not False
+                and self.bundle.graphs(self.precision).fused is not None)
+
+    def _graph_set(self) -> mf.GraphPair | mf.FusedGraphs:
         pair = self.bundle.graphs(self.precision)
-        encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", SessionOptions(threads, spin=False)))
-        session = create_session(self.bundle, pair.decoder, "cpu", SessionOptions(threads))
+        if self._fused_asked and pair.fused is None:
+            raise OptionsError(f"{self.bundle.path}: its {self.precision} graphs have no fused form (re-export with "
+                               "this edgecap; fp16 and int8-qdq are plain only); use fused=None or False")
+        return pair.fused if self.fused else pair
+
+    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, DecoderStatePool]:
+        graphs = self._graph_set()
+        encoder = OrtEncoder(create_session(self.bundle, graphs.encoder, "cpu", SessionOptions(threads, spin=False)),
+                             graphs.encoder)
+        session = create_session(self.bundle, graphs.decoder, "cpu", SessionOptions(threads))
         arch = self.bundle.manifest.architecture
-        return encoder, DecoderStatePool(lambda: OrtStepDecoder(session, arch, pair.decoder))
+        return encoder, DecoderStatePool(lambda: OrtStepDecoder(session, arch, graphs.decoder))
 
     @contextmanager
     def step_decoder(self) -> Iterator[decoding.StepModel]:
@@ -288,7 +307,7 @@ class Captioner:
         if self.backend != "cpu":
             raise OptionsError(f"attention maps run on the cpu backend only, not {self.backend}; "
                                "use Captioner(..., backend='cpu') (--backend cpu)")
-        graph = self.bundle.graphs(self.precision).decoder_attentions
+        graph = self._graph_set().decoder_attentions
         if graph is None:
             raise OptionsError(
                 f"{self.bundle.path}: its {self.precision} graphs have no attention-emitting decoder step; "

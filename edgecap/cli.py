@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration", metavar="DIR",
         help="images whose activation ranges calibrate int8-qdq (default: 16 of the evaluation images)",
     )
+    exp.add_argument("--no-fused", dest="fused", action="store_false",
+                     help="write the plain graphs only (default: also fp32/int8/int4 graphs with ONNX Runtime's fused "
+                     "operators, which the CPU backend runs; the plain ones are for GPUs, TensorRT and reference)")
     exp.add_argument("--with-attentions", action="store_true",
                      help="also write an attention-emitting decoder step per precision, for `caption --attention-maps` "
                      "and Captioner.caption(output_attentions=True); the normal step is unchanged")
@@ -344,6 +347,7 @@ def _export(args: argparse.Namespace) -> int:
         force=args.force,
         prompt=args.prompt,
         with_attentions=args.with_attentions,
+        fused=args.fused,
     )
     try:
         out = export(args.model, args.outdir, options)

@@ -27,10 +27,12 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT = "edgecap-bundle"
-FORMAT_VERSION = 2
-# Version 2 added optional fields only (prompts, word bans, the encoder's token grid, attention
-# variants), so version 1 bundles still load; an older edgecap refuses version 2 by its number.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Versions 2 and 3 added optional fields only (2: prompts, word bans, the encoder's token grid,
+# attention variants; 3: fused graphs, Nougat's stop and clean-ups, decode-only tokenizers, float64
+# verification figures, Florence-2), so older bundles still load; an older edgecap refuses a newer
+# version by its number rather than misread fields it does not know.
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 
 # --- tensor names (the graph signatures) -------------------------------------------------
@@ -70,6 +72,17 @@ def new_value(layer: int) -> str:
     return f"new_value.{layer}"
 
 
+def present_key(layer: int) -> str:
+    """Fused decoder step only: the key cache after this step, [batch, heads, cache_len, head_dim]. The
+    runtime binds it to the same buffer as past_key.i, so the step writes its key in place at `step`."""
+    return f"present_key.{layer}"
+
+
+def present_value(layer: int) -> str:
+    """Fused decoder step only: the value cache after this step, bound to past_value.i's buffer."""
+    return f"present_value.{layer}"
+
+
 def cross_attention(layer: int) -> str:
     """Attention-emitting decoder only: one layer's cross-attention probabilities of this step,
     [batch, heads, enc_seq] float32 (each row sums to 1 over the encoder's tokens)."""
@@ -94,12 +107,35 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
+class FusedGraphs:
+    """A precision's graphs written with ONNX Runtime's fused operators (domain com.microsoft:
+    GroupQueryAttention, MultiHeadAttention, SkipLayerNormalization, BiasGelu...; export/fused.py): what
+    the CPU backend runs when a bundle has them. Their tensors differ from the plain graphs': keys are
+    [batch, heads, positions, head_dim] in the cross K/V and in the cache (not transposed), the cache is
+    updated in place (present_key.i/present_value.i bound to the past buffers), and the encoder takes
+    one image per run (pixel_values [1, 3, H, W]), which is what makes per-tensor int8 batch-invariant."""
+
+    encoder: GraphSpec
+    decoder: GraphSpec
+    decoder_attentions: GraphSpec | None = None
+
+
+@dataclass(frozen=True)
 class GraphPair:
     encoder: GraphSpec
     decoder: GraphSpec
     # The decoder step again, with cross_attention.i outputs: loaded only when attention maps are
     # asked for, so the normal step pays nothing for them. None: exported without --with-attentions.
     decoder_attentions: GraphSpec | None = None
+    fused: FusedGraphs | None = None  # the same model with fused operators (CPU default when present)
+
+
+def graph_specs(pair: GraphPair, attentions: bool = True) -> list[GraphSpec]:
+    """Every graph of a precision: plain and fused, with or without the attention-emitting steps."""
+    out = [pair.encoder, pair.decoder] + ([pair.decoder_attentions] if attentions else [])
+    if pair.fused is not None:
+        out += [pair.fused.encoder, pair.fused.decoder] + ([pair.fused.decoder_attentions] if attentions else [])
+    return [g for g in out if g is not None]
 
 
 @dataclass(frozen=True)

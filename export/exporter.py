@@ -27,7 +27,7 @@ from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
 from edgecap.preprocess import PreprocessSpec, preprocess
 
-from . import families, graphs, quantize, slowtokenizer, verify
+from . import bundlegraphs, families, quantize, slowtokenizer, verify
 from .evalimages import synthetic_images
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class ExportOptions:
     with_attentions: bool = False
     # the bundle's default decoder prompt (e.g. Donut's "<s_cord-v2>"), tokenized without special tokens
     prompt: str | None = None
+    # also write each CPU precision's graphs with ONNX Runtime's fused operators (what the CPU runs by
+    # default; export/bundlegraphs.py); False: the plain graphs only
+    fused: bool = True
 
 
 def _library_versions() -> dict[str, str]:
@@ -297,28 +300,6 @@ def _id_list(value) -> list[int]:
     return [int(value)] if isinstance(value, int) else [int(v) for v in value]
 
 
-def _save_graph(model: onnx.ModelProto, path: Path) -> None:
-    quantize.save_graph(model, path)
-
-
-def _graph_spec(root: Path, rel: str) -> mf.GraphSpec:
-    """Signature of a saved graph, read back from the file (quantizers may rename nothing, but check)."""
-    from onnx import TensorProto
-
-    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64"}
-    model = onnx.load(str(root / rel), load_external_data=False)
-
-    def specs(values):
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
-            out.append(mf.TensorSpec(v.name, names[t.elem_type], dims))
-        return out
-
-    return mf.GraphSpec(rel, specs(model.graph.input), specs(model.graph.output))
-
-
 def _check_options(options: ExportOptions) -> None:
     unknown = [p for p in options.precisions if p not in quantize.PRECISIONS]
     if unknown:
@@ -331,38 +312,10 @@ def _check_options(options: ExportOptions) -> None:
         raise ExportError(f"--verify-images must be >= 1, got {options.verify_images}")
 
 
-def _build_precision(
-    prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str], calib_pixels: np.ndarray | None = None
-) -> mf.GraphPair:
-    """Write one precision's graphs under root/<prec>/ (the int4 encoder reuses int8's when present).
-
-    With `options.with_attentions`, the decoder step's attention-emitting variant too
-    (decoder_attn.onnx), built or derived exactly as the normal step is."""
-    decoders = ["decoder"] + (["decoder_attn"] if options.with_attentions else [])
-    if prec in graphs.BUILT_PRECISIONS:
-        _save_graph(graphs.build_encoder(enc, dec, prec)[0], root / prec / "encoder.onnx")
-        for name in decoders:
-            step = graphs.build_decoder_step(dec, enc.seq_len, prec, attentions=name == "decoder_attn")[0]
-            _save_graph(step, root / prec / f"{name}.onnx")
-        enc_rel = f"{prec}/encoder.onnx"
-    elif prec == "int8-qdq":
-        enc_feeds, dec_feeds = verify.calibration_feeds(root, calib_pixels)
-        quantize.quantize_int8_qdq(root / "fp32" / "encoder.onnx", root / prec / "encoder.onnx", enc_feeds)
-        for name in decoders:  # the same feeds calibrate both steps: their inputs are the same
-            quantize.quantize_int8_qdq(root / "fp32" / f"{name}.onnx", root / prec / f"{name}.onnx", dec_feeds)
-        enc_rel = f"{prec}/encoder.onnx"
-    elif prec == "int4":
-        for name in decoders:
-            quantize.quantize_int4(root / "fp32" / f"{name}.onnx", root / "int4" / f"{name}.onnx", options.int4_block_size)
-        if "int8" in done:
-            enc_rel = "int8/encoder.onnx"
-        else:
-            _save_graph(graphs.build_encoder(enc, dec, "int8")[0], root / "int4" / "encoder.onnx")
-            enc_rel = "int4/encoder.onnx"
-    else:
-        raise ExportError(f"unknown precision {prec!r}")
-    attn = _graph_spec(root, f"{prec}/decoder_attn.onnx") if options.with_attentions else None
-    return mf.GraphPair(_graph_spec(root, enc_rel), _graph_spec(root, f"{prec}/decoder.onnx"), attn)
+def _build_precision(prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str],
+                     calib_pixels: np.ndarray | None = None) -> mf.GraphPair:
+    return bundlegraphs.build_precision(prec, root, enc, dec, options.with_attentions, options.fused,
+                                        options.int4_block_size, done, calib_pixels)
 
 
 def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None = None) -> Path:
@@ -450,18 +403,27 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         _write_manifest(tmp, manifest)
         vgen = verify.bounded(gen, options.verify_steps)  # at most verify_steps tokens per image
         torch_ref = verify.torch_greedy(hf_model, verify_pixels, vgen)
-        report = verify.verify_fp32(hf_model, tmp, verify_pixels, vgen, torch_ref, options.max_logit_diff)
-        report = dataclasses.replace(report, verified_steps=vgen.max_new_tokens)
+        # both forms of the fp32 graphs are held to PyTorch: the fused ones (what the CPU runs) and the
+        # plain ones (TensorRT's source, the reference); the manifest records the form the CPU runs
+        forms = [True, False] if options.fused else [False]
+        reports_fp32 = {fused: dataclasses.replace(verify.verify_fp32(hf_model, tmp, verify_pixels, vgen, torch_ref,
+                                                                      options.max_logit_diff, fused=fused),
+                                                   verified_steps=vgen.max_new_tokens) for fused in forms}
+        report = reports_fp32[forms[0]]
         log.info("fp32 vs PyTorch (%d images, up to %d tokens each): max logit difference %.2e, token agreement "
                  "%.1f%%%s", len(verify_pixels), vgen.max_new_tokens, report.max_logit_diff,
                  100 * report.token_agreement,
                  "" if report.fp64_rms is None else f"; against float64 (RMS): edgecap {report.fp64_rms:.2e}, "
                  f"PyTorch fp32 {report.fp64_pytorch_rms:.2e}")
-        problem = verify.fp32_problem(report, options.max_logit_diff, options.min_token_agreement)
-        if problem:
-            raise ExportError(f"verification failed: the fp32 graphs differ from PyTorch ({problem}); no bundle "
-                              "written. If this model's logits are large, a looser --max-logit-diff may be right")
+        for fused, rep in reports_fp32.items():
+            problem = verify.fp32_problem(rep, options.max_logit_diff, options.min_token_agreement)
+            if problem:
+                raise ExportError(f"verification failed: the {'fused' if fused else 'plain'} fp32 graphs differ from "
+                                  f"PyTorch ({problem}); no bundle written. If this model's logits are large, a looser "
+                                  "--max-logit-diff may be right")
         reports = {"fp32": report}
+        if options.fused:
+            reports["fp32/plain"] = reports_fp32[False]
         refused: dict[str, str] = {}
         judge = verify.PrecisionJudge(tmp, eval_pixels, vgen, eval_source) if reduced else None
         for prec in reduced:

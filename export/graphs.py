@@ -25,10 +25,9 @@ from .swin_graph import swin_tokens
 from .weights import Decoder, Encoder, SwinEncoder
 
 
-def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
-    """ViT/DeiT: pixels [B,3,H,W] -> encoder states [B, S, E] (fp32)."""
-    hidden, heads = enc.hidden, enc.num_heads
-    head_dim = hidden // heads
+def vit_embeddings(g: GraphBuilder, enc: Encoder, px: str) -> str:
+    """ViT/DeiT: pixels [B,3,H,W] -> patch embeddings with class/distillation tokens and positions [B, S, E]."""
+    hidden = enc.hidden
     conv = g.op(
         "Conv",
         [g.to_compute(px), g.param("patch.weight", enc.patch_w), g.param("patch.bias", enc.patch_b)],
@@ -40,7 +39,14 @@ def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
     batch = g.op("Gather", [g.op("Shape", [px]), g.const([0])], axis=0)
     prefix_shape = g.op("Concat", [batch, g.const(list(enc.prefix_tokens.shape))], axis=0)
     prefix = g.op("Expand", [g.weight("prefix_tokens", enc.prefix_tokens[None]), prefix_shape])
-    x = g.op("Add", [g.op("Concat", [prefix, patches], axis=1), g.weight("pos_emb", enc.pos_emb[None])])
+    return g.op("Add", [g.op("Concat", [prefix, patches], axis=1), g.weight("pos_emb", enc.pos_emb[None])])
+
+
+def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
+    """ViT/DeiT: pixels [B,3,H,W] -> encoder states [B, S, E] (fp32)."""
+    hidden, heads = enc.hidden, enc.num_heads
+    head_dim = hidden // heads
+    x = vit_embeddings(g, enc, px)
     for i, layer in enumerate(enc.layers):
         p = f"enc.{i}"
         a = self_attention(g, g.layer_norm(x, layer.ln_attn, f"{p}.ln1"), layer.attn, heads, head_dim, hidden, f"{p}.attn")
@@ -72,6 +78,32 @@ def build_encoder(enc: Encoder | SwinEncoder, dec: Decoder, precision: str = "fp
     return g.build(), g.specs_in, g.specs_out
 
 
+def decoder_embeddings(g: GraphBuilder, dec: Decoder, ids: str, step: str) -> tuple[str, str]:
+    """(hidden state [B, E], flat token ids [B]) of the tokens fed at `step`: token + position
+    embedding (the family's position rule, see weights.Decoder), then any embedding LayerNorm and
+    projection. One token per row, so the hidden state is 2-D [B, E] throughout: MatMul+Add become
+    Gemm-like kernels and splitting heads is a Reshape, not a Transpose."""
+    flat_ids = g.op("Reshape", [ids, g.const([-1])])  # [B]
+    tok = g.to_float(g.op("Gather", [g.param("token_emb", dec.token_emb), flat_ids], axis=0))  # [B,E]
+    pos_table = g.weight("pos_table", dec.pos_table.astype(np.float32))
+    if dec.position_kind == "offset":
+        pos_idx = g.op("Add", [step, g.const([dec.pos_offset])]) if dec.pos_offset else step
+        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [1,E]
+    elif dec.position_kind == "nonpad":
+        counted = g.op("Add", [step, g.const([dec.pad_idx + 1])])  # [1]
+        is_pad = g.op("Equal", [flat_ids, g.const(dec.pad_idx)])  # [B]
+        pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B]
+        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [B,E]
+    else:
+        raise ValueError(f"unknown position kind {dec.position_kind!r}")
+    x = g.op("Add", [tok, pos])
+    if dec.emb_ln is not None:
+        x = g.layer_norm(x, dec.emb_ln, "dec.emb_ln")
+    if dec.emb_proj is not None:
+        x = g.to_float(g.linear(x, dec.emb_proj, "dec.emb_proj"))
+    return x, flat_ids
+
+
 def build_decoder_step(
     dec: Decoder, enc_seq: int, precision: str = "fp32", attentions: bool = False
 ) -> tuple[onnx.ModelProto, list, list]:
@@ -98,27 +130,7 @@ def build_decoder_step(
         cv = g.input(mf.cross_value(i), kv, ["images", heads, enc_seq, head_dim])
         crosses.append((ck, cv))
 
-    # Embeddings: token + position (position rule from the family, see weights.Decoder). One token
-    # per row, so the hidden state is 2-D [B, E] throughout: MatMul+Add become Gemm-like kernels and
-    # splitting heads is a Reshape, not a Transpose.
-    flat_ids = g.op("Reshape", [ids, g.const([-1])])  # [B]
-    tok = g.to_float(g.op("Gather", [g.param("token_emb", dec.token_emb), flat_ids], axis=0))  # [B,E]
-    pos_table = g.weight("pos_table", dec.pos_table.astype(np.float32))
-    if dec.position_kind == "offset":
-        pos_idx = g.op("Add", [step, g.const([dec.pos_offset])]) if dec.pos_offset else step
-        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [1,E]
-    elif dec.position_kind == "nonpad":
-        counted = g.op("Add", [step, g.const([dec.pad_idx + 1])])  # [1]
-        is_pad = g.op("Equal", [flat_ids, g.const(dec.pad_idx)])  # [B]
-        pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B]
-        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [B,E]
-    else:
-        raise ValueError(f"unknown position kind {dec.position_kind!r}")
-    x = g.op("Add", [tok, pos])
-    if dec.emb_ln is not None:
-        x = g.layer_norm(x, dec.emb_ln, "dec.emb_ln")
-    if dec.emb_proj is not None:
-        x = g.to_float(g.linear(x, dec.emb_proj, "dec.emb_proj"))
+    x, flat_ids = decoder_embeddings(g, dec, ids, step)
 
     # Mask of valid cache slots: slot < step -> 0, else -inf. Built once, shared by all layers.
     cache_len = g.op("Gather", [g.op("Shape", [pasts[0][1]]), g.const([2])], axis=0)

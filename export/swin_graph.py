@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graphbuilder import GraphBuilder, mlp_residual, softmax
+from .graphbuilder import GraphBuilder, mlp_activation, mlp_residual, skip_norm, softmax
 from .weights import SwinBlock, SwinEncoder
 
 
@@ -94,8 +94,12 @@ def _block(g: GraphBuilder, x: str, blk: SwinBlock, grid: tuple[int, int], heads
         t = _roll(g, t, shift, (hp, wp))
     if (hp, wp) != (h, w):
         t = g.op("Slice", [t, g.const([0, 0]), g.const([h, w]), g.const([1, 2])])
-    x = g.op("Add", [x, g.op("Reshape", [t, g.const([-1, h * w, c])])])
-    return mlp_residual(g, x, blk, p)
+    a = g.op("Reshape", [t, g.const([-1, h * w, c])])
+    if not g.fused:
+        return mlp_residual(g, g.op("Add", [x, a]), blk, p)
+    # the residual add and the MLP's LayerNorm as one kernel, the fc1 bias inside the activation's
+    h, x = skip_norm(g, a, x, None, blk.ln_mlp, f"{p}.ln2")
+    return g.op("Add", [x, g.to_float(g.linear(mlp_activation(g, h, blk.fc1, blk.act, f"{p}.fc1"), blk.fc2, f"{p}.fc2"))])
 
 
 def _merge(g: GraphBuilder, x: str, grid: tuple[int, int], c: int, stage, p: str) -> str:

@@ -208,10 +208,11 @@ NOISE_FACTOR = 2.0
 
 
 def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]],
-                tolerance: float) -> mf.Verification:
-    """fp32 graphs against PyTorch; `ref` = torch_greedy(hf_model, pixels, gen). Beyond `tolerance`,
-    both are also measured against float64 (`fp32_problem` judges)."""
-    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
+                tolerance: float, fused: bool | None = None) -> mf.Verification:
+    """fp32 graphs (`fused`: which form, as Captioner takes it) against PyTorch; `ref` =
+    torch_greedy(hf_model, pixels, gen). Beyond `tolerance`, both are also measured against float64
+    (`fp32_problem` judges)."""
+    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=fused)
     tok, capt = agreement(greedy_tokens(cap, pixels, gen), ref)
     diffs = logit_diffs(hf_model, cap, pixels, ref, gen)
     report = mf.Verification("pytorch", len(pixels), float(diffs.max()), tok, capt)
@@ -308,8 +309,9 @@ class PrecisionJudge:
 
 
 def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> tuple[list[dict], list[dict]]:
-    """(encoder feeds, decoder-step feeds) recorded while the fp32 graphs caption `pixels`."""
-    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
+    """(encoder feeds, decoder-step feeds) recorded while the plain fp32 graphs caption `pixels` (they
+    calibrate int8-qdq, which is derived from the plain graphs)."""
+    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=False)
     enc_feeds, dec_feeds = [], []
     opts = cap.resolve_options(GenerationOptions(num_beams=1))
     with cap.step_decoder() as decoder:
