@@ -101,7 +101,11 @@ class OrtEncoder:
         self.output_names = [o.name for o in session.get_outputs()]
 
     def __call__(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, {mf.PIXEL_VALUES: pixel_values})
+        return self.run({mf.PIXEL_VALUES: pixel_values})
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph on all its inputs (pixels, and the prompt's ids for an encoder that reads one)."""
+        outs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outs))
 
 
@@ -184,13 +188,15 @@ class OrtStepDecoder:
             self._new_keys = [np.empty((n, h, d, 1), self.cache_dtype) for _ in range(self.layers)]
             self._new_values = [np.empty((n, h, 1, d), self.cache_dtype) for _ in range(self.layers)]
             self._logits = np.empty((n, self.arch.vocab_size), np.float32)
-            if self.emits_attentions:
-                self._attentions = [np.empty((n, h, self.arch.encoder_seq_len), np.float32) for _ in range(self.layers)]
             self._ids = np.zeros((n, 1), np.int64)
             self._step = np.zeros(1, np.int64)
         self._bind()
 
     def _bind(self) -> None:
+        if self.emits_attentions:  # as long as the encoded sequence (Florence-2's varies with the prompt)
+            shape = (len(self._ids), self.arch.decoder_heads, self.cross[mf.cross_key(0)].shape[-1])
+            if getattr(self, "_attentions", None) is None or self._attentions[0].shape != shape:
+                self._attentions = [np.empty(shape, np.float32) for _ in range(self.layers)]
         self._feeds = {**self.cross, mf.INPUT_IDS: self._ids, mf.STEP: self._step}
         for i in range(self.layers):
             self._feeds[mf.past_key(i)] = self._keys[i]

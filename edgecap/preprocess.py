@@ -62,10 +62,16 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
               "do_center_crop": False, "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255,
               "do_normalize": True, "image_mean": IMAGENET_STANDARD, "image_std": IMAGENET_STANDARD,
               "do_align_long_axis": False, "do_thumbnail": True, "do_pad": True},
+    # transformers/models/clip/image_processing_pil_clip.py (Florence-2's processor: its config sets
+    # size 768x768, no crop, ImageNet mean/std); the resize-and-crop pipeline of "vit"
+    "clip": {"do_resize": True, "size": {"shortest_edge": 224}, "resample": 3, "do_center_crop": True,
+             "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+             "do_normalize": True, "image_mean": (0.48145466, 0.4578275, 0.40821073),
+             "image_std": (0.26862954, 0.26130258, 0.27577711)},
 }
 _FAMILY = {
     f"{arch}{suffix}": family
-    for arch, family in (("ViT", "vit"), ("DeiT", "deit"), ("Donut", "donut"))
+    for arch, family in (("ViT", "vit"), ("DeiT", "deit"), ("Donut", "donut"), ("CLIP", "clip"))
     for suffix in ("ImageProcessor", "ImageProcessorPil", "ImageProcessorFast", "FeatureExtractor")
 }
 KINDS = ("vit", "donut")  # PreprocessSpec.kind: the ViT/DeiT resize-and-crop pipeline, or Donut's
@@ -425,9 +431,12 @@ def _donut_geometry(rgb: Image.Image, spec: PreprocessSpec, source: str) -> np.n
 
 def preprocess_one(image: ImageSource, spec: PreprocessSpec) -> np.ndarray:
     """One image to a float32 ``[3, H, W]`` array, bit-compatible with the HF PIL processors."""
-    rgb = load_image(image)
+    return _pixels(load_image(image), spec, _source_name(image))
+
+
+def _pixels(rgb: Image.Image, spec: PreprocessSpec, source: str) -> np.ndarray:
     if spec.kind == "donut":
-        pixels = _donut_geometry(rgb, spec, _source_name(image))
+        pixels = _donut_geometry(rgb, spec, source)
     else:
         if spec.do_resize:
             out_h, out_w = _resize_hw(rgb.width, rgb.height, spec.size)
@@ -449,13 +458,23 @@ def preprocess_one(image: ImageSource, spec: PreprocessSpec) -> np.ndarray:
 
 def preprocess(images: Sequence[ImageSource], spec: PreprocessSpec) -> np.ndarray:
     """A batch of images to a C-contiguous float32 ``[B, 3, H, W]`` array."""
+    return preprocess_sized(images, spec)[0]
+
+
+def preprocess_sized(images: Sequence[ImageSource], spec: PreprocessSpec) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`preprocess`, and each image's (width, height) as loaded (after EXIF rotation): the size in
+    which answers with locations (Florence-2's boxes) are given."""
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         raise TypeError("preprocess() takes a sequence of images; use preprocess_one() for a single image")
     if len(images) == 0:
         raise ValueError("preprocess() needs at least one image")
-    arrays = [preprocess_one(image, spec) for image in images]
+    arrays, sizes = [], []
+    for image in images:
+        rgb = load_image(image)
+        sizes.append((rgb.width, rgb.height))
+        arrays.append(_pixels(rgb, spec, _source_name(image)))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images preprocess to different shapes {sorted(shapes)}; "
                          "enable resize to height/width, center crop or (Donut) pad to batch them")
-    return np.stack(arrays)
+    return np.stack(arrays), sizes

@@ -25,7 +25,7 @@ from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
 from edgecap.preprocess import PreprocessSpec, preprocess
 
-from . import families, graphs, quantize, verify
+from . import families, family_florence2, graphs, quantize, verify
 from .evalimages import synthetic_images
 
 log = logging.getLogger(__name__)
@@ -97,18 +97,23 @@ def _tokenizer_help(model: str, why: str) -> str:
 
 
 def load_model(model: str):
-    """The model, its tokenizer and its image processor config (local directory or hub id)."""
+    """The model, its tokenizer, its image processor config and, for models that read their prompt in
+    the encoder (Florence-2), the processor that builds that prompt, else None (local directory or hub id)."""
     from transformers import AutoConfig, AutoTokenizer, VisionEncoderDecoderModel
 
     _check_model_source(model)
+    family_florence2.check_layout(model)
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
         missing = not Path(model).exists()
         where = "directory not found, and the Hugging Face Hub did not provide it" if missing else "cannot read a model config"
         raise ExportError(f"{model}: {where} ({str(exc).splitlines()[0]})") from None
+    if family_florence2.is_florence2(config):
+        return family_florence2.load(model)
     if config.model_type != "vision-encoder-decoder":
-        raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder'")
+        raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder' "
+                                    "or 'florence2'")
     families.check_supported(config.encoder.model_type, config.decoder.model_type)
     hf_model = VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager").eval()
     families.repair_loaded(hf_model)
@@ -121,7 +126,7 @@ def load_model(model: str):
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ExportError(_tokenizer_help(model, f"but it has only a slow {type(tokenizer).__name__}"))
     proc_cfg = _read_processor_config(model)
-    return hf_model, tokenizer, proc_cfg
+    return hf_model, tokenizer, proc_cfg, None
 
 
 def _plain_fast_tokenizer(model_dir: Path):
@@ -158,16 +163,17 @@ def _read_processor_config(model: str) -> dict[str, Any]:
 def generation_defaults(model, tokenizer) -> mf.Generation:
     """The model's generation config, reduced to what the runtime reproduces."""
     gen, cfg = model.generation_config, model.config
+    dec_cfg = cfg.decoder if hasattr(cfg, "decoder") else cfg.text_config  # Florence-2: its BART
 
     def first(*values):
         return next((v for v in values if v is not None), None)
 
-    start = first(gen.decoder_start_token_id, cfg.decoder_start_token_id, cfg.decoder.bos_token_id)
+    start = first(gen.decoder_start_token_id, getattr(cfg, "decoder_start_token_id", None), dec_cfg.bos_token_id)
     if start is None:
         raise ExportError("the model has no decoder_start_token_id (set it in its generation config)")
-    eos = first(gen.eos_token_id, cfg.decoder.eos_token_id, tokenizer.eos_token_id)
+    eos = first(gen.eos_token_id, dec_cfg.eos_token_id, tokenizer.eos_token_id)
     eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
-    pad = first(gen.pad_token_id, cfg.pad_token_id, cfg.decoder.pad_token_id)
+    pad = first(gen.pad_token_id, getattr(cfg, "pad_token_id", None), dec_cfg.pad_token_id)
     max_new = gen.max_new_tokens if gen.max_new_tokens is not None else (gen.max_length or 20) - 1
     min_new = max(gen.min_new_tokens or 0, (gen.min_length or 0) - 1, 0)
     ignored = [k for k in ("repetition_penalty", "suppress_tokens",
@@ -191,7 +197,7 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
         bad_words_ids=[[int(t) for t in seq] for seq in (getattr(gen, "bad_words_ids", None) or [])],
         # transformers' generate() keeps a Donut prompt as the whole decoder input (no start token
         # before it): the same rule, recorded so the runtime needs no family knowledge
-        prompt_includes_start="donut" in cfg.encoder.model_type,
+        prompt_includes_start="donut" in families.model_types(cfg)[0],
     )
 
 
@@ -240,7 +246,7 @@ def _build_precision(
     if prec in graphs.BUILT_PRECISIONS:
         _save_graph(graphs.build_encoder(enc, dec, prec)[0], root / prec / "encoder.onnx")
         for name in decoders:
-            step = graphs.build_decoder_step(dec, enc.seq_len, prec, attentions=name == "decoder_attn")[0]
+            step = graphs.build_decoder_step(dec, enc.cross_seq, prec, attentions=name == "decoder_attn")[0]
             _save_graph(step, root / prec / f"{name}.onnx")
         enc_rel = f"{prec}/encoder.onnx"
     elif prec == "int8-qdq":
@@ -269,23 +275,32 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     _check_precisions(options.precisions)
     out = Path(outdir)
     _check_outdir(out, options.force)
-    hf_model, tokenizer, proc_cfg = load_model(model)
+    hf_model, tokenizer, proc_cfg, processor = load_model(model)
     cfg = hf_model.config
     try:
         spec = PreprocessSpec.from_hf_config(proc_cfg)
     except ValueError as exc:
         raise ExportError(f"{model}: preprocessor_config.json: {exc}") from None
-    enc, dec = families.extract(hf_model)
+    enc, dec = families.extract(hf_model, spec.output_hw)
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
     gen = generation_defaults(hf_model, tokenizer)
-    if options.prompt:
+    florence, ref_model = None, hf_model
+    if processor is not None:  # Florence-2: the prompt is read by the encoder (family_florence2.py)
+        try:
+            florence, gen = family_florence2.prompts(processor, enc, gen, options.prompt)
+        except (ValueError, UnsupportedModelError) as exc:
+            raise ExportError(f"{model}: {exc}") from None
+        ref_model = family_florence2.PromptedModel(hf_model, gen.prompt_ids, enc.seq_len)
+    elif options.prompt:
         ids = tokenizer(options.prompt, add_special_tokens=False)["input_ids"]
         unknown = [t for t in ids if t == tokenizer.unk_token_id]
         if unknown:
             raise ExportError(f"{model}: --prompt {options.prompt!r} has tokens the tokenizer does not know")
         gen = mf.Generation(**{**gen.__dict__, "prompt_ids": [int(t) for t in ids]})
     prompt_len = len(gen.prompt_ids) + (0 if gen.prompt_includes_start and gen.prompt_ids else 1)
+    if gen.prompt_target == "encoder":
+        prompt_len = 1  # the decoder starts from its start token alone
     if gen.max_new_tokens + prompt_len - 1 > dec.max_positions:
         gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - prompt_len + 1})
     verify_pixels = verify.random_images(spec, options.verify_images)
@@ -307,7 +322,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_dir(out)
     try:
-        log.info("building fp32 graphs for %s + %s", cfg.encoder.model_type, cfg.decoder.model_type)
+        enc_type, dec_type = families.model_types(cfg)
+        log.info("building fp32 graphs for %s + %s", enc_type, dec_type)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         pairs = {"fp32": _build_precision("fp32", tmp, enc, dec, options, set())}
         manifest = mf.Manifest(
@@ -316,8 +332,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             source=mf.Source(
                 model=str(model),
                 revision=getattr(cfg, "_commit_hash", None),
-                encoder_type=cfg.encoder.model_type,
-                decoder_type=cfg.decoder.model_type,
+                encoder_type=enc_type,
+                decoder_type=dec_type,
                 exporter=f"edgecap {edgecap.__version__}",
                 libraries=_library_versions(),
             ),
@@ -336,6 +352,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 decoder_step_params=dec.step_params(),
                 encoder_grid=list(enc.grid),
                 encoder_prefix_tokens=enc.prefix_count,
+                encoder_prompt=florence is not None,
             ),
             preprocess=spec.to_dict(),
             generation=gen,
@@ -346,10 +363,11 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             ),
             graphs=pairs,
             files={},
+            florence2=florence,
         )
         _write_manifest(tmp, manifest)
-        torch_ref = verify.torch_greedy(hf_model, verify_pixels, gen)
-        report = verify.verify_fp32(hf_model, tmp, verify_pixels, gen, torch_ref)
+        torch_ref = verify.torch_greedy(ref_model, verify_pixels, gen)
+        report = verify.verify_fp32(ref_model, tmp, verify_pixels, gen, torch_ref)
         log.info("fp32 vs PyTorch: max logit difference %.2e, token agreement %.1f%%",
                  report.max_logit_diff, 100 * report.token_agreement)
         if report.max_logit_diff > options.max_logit_diff or report.token_agreement < options.min_token_agreement:
@@ -364,7 +382,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             log.info("building %s graphs", prec)
             pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs), calib_pixels)
             _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
-            rep = judge.judge(hf_model, prec, verify_pixels, torch_ref)
+            rep = judge.judge(ref_model, prec, verify_pixels, torch_ref)
             log.info("%s vs fp32: top-1 agreement %s on %d decisive of %d steps, mean KL %.2e nats; "
                      "captions equal %.1f%%; max logit difference to PyTorch %.2e", prec,
                      "-" if rep.decisive_agreement is None else f"{rep.decisive_agreement:.1%}",

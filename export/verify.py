@@ -94,9 +94,11 @@ def images_per_call(pixels: np.ndarray, most: int = 8) -> int:
 
 def greedy_tokens(cap: Captioner, pixels: np.ndarray, batch: int | None = None) -> list[tuple[int, ...]]:
     batch = batch or images_per_call(pixels)
+    # no decoder prompt (the reference generates without one); an encoder's prompt is the bundle's default
+    options = GenerationOptions(num_beams=1, prompt_ids=None if cap.generation_defaults.prompt_target == "encoder" else ())
     out = []
     for i in range(0, len(pixels), batch):
-        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), GenerationOptions(num_beams=1, prompt_ids=()))]
+        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), options)]
     return out
 
 
@@ -204,7 +206,7 @@ def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> t
         recording = _RecordingDecoder(decoder, dec_feeds)
         for i in range(0, len(pixels), batch):
             chunk = np.ascontiguousarray(pixels[i : i + batch])
-            enc_feeds.append({mf.PIXEL_VALUES: chunk})
+            enc_feeds.append(cap.encoder_inputs(chunk))
             decoder.set_encoded(cap.encode(chunk))
             decoding.decode(recording, len(chunk), opts)
     return enc_feeds, dec_feeds
