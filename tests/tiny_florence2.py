@@ -111,3 +111,27 @@ def load(ckpt: Path):
 
     model = Florence2ForConditionalGeneration.from_pretrained(ckpt, attn_implementation="eager").eval()
     return model, AutoProcessor.from_pretrained(ckpt)
+
+
+def pil_image_processor(ckpt: Path):
+    """The checkpoint's CLIP image processor, PIL backend (5.x picks torchvision's when it is installed;
+    edgecap reproduces the PIL one, as for every family)."""
+    if LEGACY:
+        from transformers import CLIPImageProcessor as Pil
+    else:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Pil
+    return Pil.from_pretrained(ckpt)
+
+
+def generate(ckpt: Path, images, prompt: str, **kwargs):
+    """transformers' generate() on the processor's inputs for `prompt` (the PIL processor's pixels),
+    with scores: (output, processor)."""
+    import numpy as np
+
+    model, proc = load(ckpt)
+    inputs = proc(text=[prompt] * len(images), images=list(images), return_tensors="pt")
+    pixels = pil_image_processor(ckpt)(images=list(images), return_tensors="np")["pixel_values"]
+    inputs["pixel_values"] = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, return_dict_in_generate=True, output_scores=True, **kwargs)
+    return out, proc
