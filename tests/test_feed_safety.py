@@ -87,3 +87,20 @@ def test_glob_sources_that_look_alike_get_their_own_outputs(tmp_path):
     sources = [FeedSource(str(tmp_path / "frames" / p), "frames", ()) for p in ("a*.png", "a?.png", "b.mp4")]
     names = relative_layout(sources)
     assert len(set(names.values())) == 3 and names[sources[2].name] == "b.mp4"
+
+
+def test_feed_output_and_subtitles_are_not_redirected(tmp_path, tiny_bundle, two_feeds, capfd):
+    """--out that is a symbolic link is refused (appending through it would write its target);
+    a link planted where a subtitle file goes is replaced, its target untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out.jsonl"
+    os.symlink(victim, out)
+    assert main(["feed", two_feeds[0], "--out", str(out), *_common(tiny_bundle)]) == 2
+    assert "is a symbolic link" in capfd.readouterr().err and victim.read_text() == "keep me"
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    os.symlink(victim, subs / "one.vtt")
+    assert main(["feed", two_feeds[0], "--out", str(tmp_path / "real.jsonl"), "--vtt", str(subs),
+                 *_common(tiny_bundle)]) == 0
+    assert victim.read_text() == "keep me" and (subs / "one.vtt").read_text().startswith("WEBVTT")

@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import TextIO
 
 from ..cliargs import EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_generation_args, add_model_args, generation_options
+from ..fileio import is_symlink_refusal, open_append
 from ..outputlock import OutputLock
 from ..progress import StatusLine, format_eta
 from .output import (
@@ -195,15 +196,23 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
         sys.stdout.flush()
         fd = sys.stdout.fileno()
     else:
-        if args.overwrite and os.path.isfile(args.out):
-            os.truncate(args.out, 0)
-        done = {(r.source, r.frame): r for r in load_records(args.out)}  # also drops a torn last line
-        check_resume(settings_file(args.out), bool(done), settings, args.out)
         try:
-            write_atomic(settings_file(args.out), json.dumps(settings, indent=1).encode())
-            fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd = open_append(args.out)  # before anything is read: a symbolic link here is refused
         except OSError as exc:
+            why = "is a symbolic link; give the real path" if is_symlink_refusal(exc) else exc.strerror or exc
+            raise FeedError(f"{args.out}: cannot write the output ({why})") from None
+        try:
+            if args.overwrite:
+                os.ftruncate(fd, 0)
+            done = {(r.source, r.frame): r for r in load_records(args.out)}  # also drops a torn last line
+            check_resume(settings_file(args.out), bool(done), settings, args.out)
+            write_atomic(settings_file(args.out), json.dumps(settings, indent=1).encode())
+        except OSError as exc:
+            os.close(fd)
             raise FeedError(f"{args.out}: cannot write the output ({exc.strerror or exc})") from None
+        except BaseException:
+            os.close(fd)
+            raise
     extra = {"model": settings["model"], "precision": settings["precision"]}
     subtitles: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for r in done.values():
