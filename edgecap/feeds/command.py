@@ -20,8 +20,8 @@ from ..fileio import is_symlink_refusal, open_append
 from ..outputlock import OutputLock
 from ..progress import StatusLine, format_eta
 from .output import (
-    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, write_atomic,
-    write_subtitles,
+    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, subtitle_text,
+    write_atomic, write_subtitles,
 )
 from .pipeline import FeedConfig, FeedListener, run_feed
 from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FrameCaption, expand_sources
@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
     extra = {"model": settings["model"], "precision": settings["precision"]}
     subtitles: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for r in done.values():
-        subtitles[r.source].append((r.pts, r.caption))
+        subtitles[r.source].append((r.pts, subtitle_text(r)))
     progress = Progress(sys.stderr, quiet=args.quiet)
     interrupted = closed = False
     stream = run_feed(captioner, sources, cfg, options, done, progress)
@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
             append_all(fd, encode_records(batch, extra), sync=not to_stdout)
             progress.frames_written(batch)
             for r in batch:
-                subtitles[r.source].append((r.pts, r.caption))
+                subtitles[r.source].append((r.pts, subtitle_text(r)))
     except KeyboardInterrupt:
         interrupted = True
     except BrokenPipeError:  # `edgecap feed ... --out - | head`: the reader is gone
