@@ -107,7 +107,11 @@ def image_tokens(g: GraphBuilder, enc: Florence2Encoder, px: str) -> str:
         for bi, blk in enumerate(stage.blocks):
             x = _half(g, x, blk, hw, c, f"{p}.{bi}")
     t = g.op("Add", [_tokens(g, x, hw, c), g.weight("image_pos", enc.image_pos[None].astype(np.float32))])
-    pooled = g.op("ReduceMean", [t], axes=[1], keepdims=1)  # [B, 1, C]: the spatial mean comes first
+    # The spatial mean, first in the sequence: a product with a constant row of 1/N, not ReduceMean,
+    # whose ONNX Runtime kernel sums in another order at batch 1 than at batch 8 (an image's tokens
+    # would then depend on its batch: tests/test_invariance.py). Each image's row is its own M=1 product.
+    tokens = hw[0] * hw[1]
+    pooled = g.op("MatMul", [g.const(np.full((1, tokens), 1.0 / tokens), np.float32), t])  # [B, 1, C]
     t = g.op("Concat", [pooled, t], axis=1)
     return g.layer_norm(g.to_float(g.linear(t, enc.projection, "projector")), enc.proj_ln, "projector.ln")
 
