@@ -23,7 +23,8 @@ from .bundlecheck import check_tokenizer
 from .errors import BundleError, OptionsError
 from .manifest import ENCODER_PROMPT_IDS, PIXEL_VALUES
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
-from .preprocess import ImageSource, PreprocessSpec, preprocess, preprocess_sized
+from .preprocess import ImageSource, PreprocessSpec, image_list, preprocess, preprocess_sized
+from .resources import available_memory, decoding_state_bytes
 from .text import Detokenizer
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,8 @@ class Captioner:
         verify_checksums: bool = True,
     ) -> None:
         t0 = time.perf_counter()
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096):
+            raise OptionsError(f"threads must be an integer from 1 to 4096 (or None: all cores), got {threads!r}")
         if bundle_dir is None:
             bundle_dir = default_bundle_dir()
             if bundle_dir is None:
@@ -276,6 +279,7 @@ class Captioner:
         (with their cross-attentions when `output_attentions`, see `caption`)."""
         opts = self.resolve_options(options)
         batch = next(iter(encoded.values())).shape[0]
+        self.check_memory(batch, opts)
         pool = self._attention_model(attention_layer, attention_heads) if output_attentions else self._decoders
         with pool.take() as decoder:
             if output_attentions:
@@ -333,10 +337,29 @@ class Captioner:
             raise OptionsError(f"the prompt is {len(opts.encoder_input_ids)} tokens; after the image's "
                                f"{arch.encoder_seq_len} the encoder has room for "
                                f"{spec.encoder_max_positions - arch.encoder_seq_len}")
+        if opts.num_beams > arch.vocab_size:
+            raise OptionsError(f"num_beams {opts.num_beams} is more than this model's vocabulary of {arch.vocab_size} "
+                               "tokens (each beam needs a distinct token to continue)")
         return opts
+
+    def check_memory(self, images: int, opts: ResolvedOptions) -> None:
+        """Refuse (OptionsError, before any allocation) a decode whose state would not fit in the memory
+        this machine has available: images x num_beams rows, each with its KV cache and scores."""
+        need = decoding_state_bytes(self.bundle.manifest.architecture, images * opts.num_beams,
+                                    opts.prompt_len + opts.max_new_tokens, self.precision == "fp16")
+        available = available_memory()
+        if available is not None and need > 0.8 * available:
+            raise OptionsError(
+                f"num_beams {opts.num_beams} x {images} image(s) with max_new_tokens {opts.max_new_tokens} needs about "
+                f"{need / 1e9:.1f} GB of decoder state, more than this machine can spare ({available / 1e9:.1f} GB "
+                "available); lower num_beams, max_new_tokens or the batch size")
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of `text` without special tokens (how a text prompt is fed)."""
+        if not self.bundle.manifest.tokenizer.encodes_text:
+            raise OptionsError(f"{self.bundle.path}: this bundle's tokenizer was rebuilt from the checkpoint's vocab.txt "
+                               "(a slow tokenizer with no fast class); it decodes as the model's own but cannot encode "
+                               "a text prompt the same way: give the prompt as token ids (prompt_ids, --prompt-ids)")
         return self.detokenize.tokenizer.encode(text, add_special_tokens=False).ids
 
     # --- all together -------------------------------------------------------------------------
@@ -366,15 +389,16 @@ class Captioner:
         unknown = sorted(set(generation_kwargs) - set(OPTION_NAMES))
         if unknown:
             raise OptionsError(f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}")
-        if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
-            images = [images]
+        images = image_list(images)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise OptionsError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         opts = (options or GenerationOptions()).merged(**generation_kwargs)
-        self.resolve_options(opts)  # fail on bad options before any work
+        resolved = self.resolve_options(opts)  # fail on bad options before any work
+        self.check_memory(min(batch_size, max(1, len(images))), resolved)
         if output_attentions:
             self._attention_model(attention_layer, attention_heads)
         out: list[Caption] = []
-        images = list(images)
-        for start in range(0, len(images), max(1, batch_size)):
+        for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             pixels, sizes = preprocess_sized(chunk, self.preprocess_spec)
             hyps = self.decode(self.encode(pixels, opts), opts, output_attentions, attention_layer, attention_heads)

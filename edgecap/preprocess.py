@@ -348,7 +348,7 @@ def load_image(source: ImageSource) -> Image.Image:
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
         return to_rgb(_load_path(source))
-    raise TypeError(f"expected a path, PIL image or numpy array, got {type(source).__name__}")
+    raise TypeError(_type_problem(source))
 
 
 def _resize_hw(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
@@ -454,6 +454,32 @@ def _pixels(rgb: Image.Image, spec: PreprocessSpec, source: str) -> np.ndarray:
         std = np.array(spec.image_std, dtype=pixels.dtype)
         pixels = (pixels - mean) / std
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+
+
+ACCEPTED = "a path (str or os.PathLike), a PIL.Image.Image or an HxWx3 uint8 numpy array"
+
+
+def _type_problem(item: object) -> str:
+    hint = ""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        hint = "; for encoded image bytes pass PIL.Image.open(io.BytesIO(data))"
+    elif hasattr(item, "read"):
+        hint = "; for an open file pass PIL.Image.open(file)"
+    return f"images must be {ACCEPTED}, or a list of them; got {type(item).__name__}{hint}"
+
+
+def image_list(images: object) -> list[ImageSource]:
+    """One image or a sequence of them, as a list; TypeError naming the accepted types otherwise."""
+    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
+        return [images]
+    if images is None or isinstance(images, (bytes, bytearray, memoryview, dict)) or hasattr(images, "read") \
+            or not hasattr(images, "__iter__"):
+        raise TypeError(_type_problem(images))
+    out = list(images)
+    for item in out:
+        if not isinstance(item, (str, os.PathLike, np.ndarray, Image.Image)):
+            raise TypeError(_type_problem(item))
+    return out
 
 
 def preprocess(images: Sequence[ImageSource], spec: PreprocessSpec) -> np.ndarray:

@@ -251,6 +251,14 @@ class PromptedModel:
 
         return torch.tensor([self.ids] * int(pixel_values.shape[0]), dtype=torch.long)
 
+    def parameters(self):
+        return self.model.parameters()
+
+    def double(self) -> "PromptedModel":
+        """In float64 (verification's reference); in place, as torch's Module.double."""
+        self.model = self.model.double()
+        return self
+
     def generate(self, pixel_values: Any, **kwargs: Any) -> Any:
         return self.model.generate(pixel_values=pixel_values, input_ids=self._input_ids(pixel_values), **kwargs)
 

@@ -7,6 +7,7 @@ what users will run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +43,19 @@ def _cut(tokens: list[int], eos: set[int]) -> list[int]:
         if t in eos:
             return tokens[: i + 1]
     return tokens
+
+
+# Verification decodes at most this many tokens per image (ExportOptions.verify_steps): past the self-
+# attention cache's growth from 16 to 32 to 64 slots, which is where a cache bug would show, while a
+# Donut or Nougat export no longer decodes thousands of positions per image (issue 19: 8.5 to 24 min).
+VERIFY_STEPS = 48
+
+
+def bounded(gen: mf.Generation, steps: int | None) -> mf.Generation:
+    """The generation defaults with max_new_tokens (and min_new_tokens) cut to `steps` (None/0: as is)."""
+    if not steps or gen.max_new_tokens <= steps:
+        return gen
+    return mf.Generation(**{**gen.__dict__, "max_new_tokens": steps, "min_new_tokens": min(gen.min_new_tokens, steps)})
 
 
 def torch_greedy(hf_model, pixels: np.ndarray, gen: mf.Generation) -> list[list[int]]:
@@ -92,45 +106,124 @@ def images_per_call(pixels: np.ndarray, most: int = 8) -> int:
     return max(1, min(most, (8 * 3 * 384 * 384) // max(1, per_image)))
 
 
-def greedy_tokens(cap: Captioner, pixels: np.ndarray, batch: int | None = None) -> list[tuple[int, ...]]:
+def greedy_tokens(cap: Captioner, pixels: np.ndarray, gen: mf.Generation,
+                  batch: int | None = None) -> list[tuple[int, ...]]:
+    """Greedy tokens without the bundle's default prompt, at most gen.max_new_tokens (see `bounded`)."""
     batch = batch or images_per_call(pixels)
     # no decoder prompt (the reference generates without one); an encoder's prompt is the bundle's default
-    options = GenerationOptions(num_beams=1, prompt_ids=None if cap.generation_defaults.prompt_target == "encoder" else ())
+    prompt = None if cap.generation_defaults.prompt_target == "encoder" else ()
+    opts = GenerationOptions(num_beams=1, prompt_ids=prompt, max_new_tokens=gen.max_new_tokens,
+                             min_new_tokens=gen.min_new_tokens)
     out = []
     for i in range(0, len(pixels), batch):
-        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), options)]
+        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), opts)]
     return out
 
 
-def max_logit_diff(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> float:
-    """Largest |logit| difference to PyTorch, teacher-forced along PyTorch's greedy tokens."""
-    count = len(ref)
+def _teacher_forced_inputs(ref: list[list[int]], gen: mf.Generation) -> tuple[np.ndarray, int]:
     steps = max(len(r) for r in ref)
-    seqs = np.full((count, steps + 1), gen.pad_token_id or 0, dtype=np.int64)
+    seqs = np.full((len(ref), steps + 1), gen.pad_token_id or 0, dtype=np.int64)
     seqs[:, 0] = gen.decoder_start_token_id
     for i, r in enumerate(ref):
         seqs[i, 1 : 1 + len(r)] = r
+    return seqs, steps
+
+
+def torch_logits(hf_model, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> np.ndarray:
+    """PyTorch's logits [images, steps, vocab] teacher-forced along `ref`, in the model's own dtype
+    (float64 for a `.double()` copy), as float64."""
+    seqs, steps = _teacher_forced_inputs(ref, gen)
+    dtype = next(hf_model.parameters()).dtype
     with torch.no_grad():
-        torch_logits = hf_model(
-            pixel_values=torch.from_numpy(pixels), decoder_input_ids=torch.from_numpy(seqs[:, :steps])
-        ).logits.float().numpy()
-    worst = 0.0
+        return hf_model(pixel_values=torch.from_numpy(pixels).to(dtype),
+                        decoder_input_ids=torch.from_numpy(seqs[:, :steps])).logits.double().numpy()
+
+
+def logit_diffs(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation,
+                reference: np.ndarray | None = None) -> np.ndarray:
+    """Per image, the largest |logit| difference between the graphs and PyTorch (or `reference`,
+    logits [images, steps, vocab]), teacher-forced along PyTorch's greedy tokens `ref`."""
+    seqs, steps = _teacher_forced_inputs(ref, gen)
+    expected = torch_logits(hf_model, pixels, ref, gen) if reference is None else reference
+    worst = np.zeros(len(ref))
     with cap.step_decoder() as decoder:
         decoder.set_encoded(cap.encode(pixels))
-        decoder.begin(np.arange(count), steps)
+        decoder.begin(np.arange(len(ref)), steps)
         for t in range(steps):
             logits = decoder.step(seqs[:, t], t)
             for i, r in enumerate(ref):
                 if t < len(r):  # positions after a row's eos are padding that generate() never feeds
-                    worst = max(worst, float(np.abs(logits[i] - torch_logits[i, t]).max()))
+                    worst[i] = max(worst[i], float(np.abs(logits[i] - expected[i, t]).max()))
     return worst
 
 
-def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]]) -> mf.Verification:
-    """fp32 graphs against PyTorch; `ref` = torch_greedy(hf_model, pixels, gen)."""
+def max_logit_diff(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> float:
+    """Largest |logit| difference to PyTorch, teacher-forced along PyTorch's greedy tokens."""
+    return float(logit_diffs(hf_model, cap, pixels, ref, gen).max())
+
+
+@dataclass(frozen=True)
+class Fp64Check:
+    """fp32 noise measured against a float64 copy of the model on one image."""
+
+    pytorch_error: float  # PyTorch fp32 vs PyTorch float64: the model's own fp32 noise
+    edgecap_error: float  # edgecap fp32 graphs vs PyTorch float64
+
+
+def fp64_check(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> Fp64Check:
+    """Both fp32 implementations against PyTorch in float64, teacher-forced along `ref` (one image:
+    a float64 forward costs a few times an fp32 one)."""
+    import copy
+
+    reference = torch_logits(copy.deepcopy(hf_model).double(), pixels, ref, gen)
+    fp32 = torch_logits(hf_model, pixels, ref, gen)
+    pytorch_error = 0.0
+    for i, r in enumerate(ref):
+        pytorch_error = max(pytorch_error, float(np.abs(fp32[i, : len(r)] - reference[i, : len(r)]).max()))
+    ours = float(logit_diffs(hf_model, cap, pixels, ref, gen, reference=reference).max())
+    return Fp64Check(pytorch_error, ours)
+
+
+# Where the logits differ from PyTorch's by more than the absolute tolerance, the graphs still pass if,
+# against PyTorch in float64, their error is at most this many times PyTorch's own fp32 error: no
+# stricter with edgecap than PyTorch is with itself (issue 19: a Donut-shaped model with init std 0.2
+# differs by 2.5e-2 from PyTorch fp32, whose own error against float64 is 6.7e-2). Two fp32
+# implementations summing in different orders differ in their *maximum* error by a few times either
+# way (measured: 0.6x on that model, 3.2x on a 384-wide one with equal tokens), while a real graph
+# bug is orders of magnitude beyond fp32 noise and changes tokens; hence 4, not 1.
+NOISE_FACTOR = 4.0
+
+
+def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]],
+                tolerance: float) -> mf.Verification:
+    """fp32 graphs against PyTorch; `ref` = torch_greedy(hf_model, pixels, gen). Beyond `tolerance`,
+    both are also measured against float64 on the image that differs most (`fp32_problem` judges)."""
     cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
-    tok, capt = agreement(greedy_tokens(cap, pixels), ref)
-    return mf.Verification("pytorch", len(pixels), max_logit_diff(hf_model, cap, pixels, ref, gen), tok, capt)
+    tok, capt = agreement(greedy_tokens(cap, pixels, gen), ref)
+    diffs = logit_diffs(hf_model, cap, pixels, ref, gen)
+    report = mf.Verification("pytorch", len(pixels), float(diffs.max()), tok, capt)
+    if report.max_logit_diff > tolerance:
+        worst = int(np.argmax(diffs))
+        check = fp64_check(hf_model, cap, pixels[worst : worst + 1], ref[worst : worst + 1], gen)
+        report = dataclasses.replace(report, fp64_pytorch_error=check.pytorch_error, fp64_error=check.edgecap_error)
+    return report
+
+
+def fp32_problem(report: mf.Verification, tolerance: float, min_token_agreement: float = 1.0) -> str | None:
+    """Why the fp32 graphs are refused, or None: greedy tokens must agree, and the logits must be within
+    `tolerance` of PyTorch's or, against float64, within NOISE_FACTOR x PyTorch's own fp32 error."""
+    if report.token_agreement < min_token_agreement:
+        return f"greedy tokens agree with PyTorch's on {report.token_agreement:.1%} of positions"
+    if report.max_logit_diff <= tolerance:
+        return None
+    if report.fp64_error is not None and report.fp64_pytorch_error is not None:
+        allowed = max(tolerance, NOISE_FACTOR * report.fp64_pytorch_error)
+        if report.fp64_error <= allowed:
+            return None
+        return (f"max logit difference {report.max_logit_diff:.2e} > --max-logit-diff {tolerance:g}, and against "
+                f"float64 their error {report.fp64_error:.2e} is more than {NOISE_FACTOR:g}x PyTorch's own fp32 "
+                f"error {report.fp64_pytorch_error:.2e}")
+    return f"max logit difference {report.max_logit_diff:.2e} > --max-logit-diff {tolerance:g}"
 
 
 @dataclass(frozen=True)
@@ -183,11 +276,11 @@ class PrecisionJudge:
     def __init__(self, bundle_dir: Path, eval_pixels: np.ndarray, gen: mf.Generation, eval_source: str) -> None:
         self.bundle_dir, self.eval_pixels, self.gen, self.eval_source = bundle_dir, eval_pixels, gen, eval_source
         self.fp32 = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
-        self.ref = greedy_tokens(self.fp32, eval_pixels)
+        self.ref = greedy_tokens(self.fp32, eval_pixels, gen)
 
     def judge(self, hf_model, precision: str, verify_pixels: np.ndarray, torch_ref: list[list[int]]) -> mf.Verification:
         cap = Captioner(self.bundle_dir, precision=precision, backend="cpu", verify_checksums=False)
-        tok, capt = agreement(greedy_tokens(cap, self.eval_pixels), self.ref)
+        tok, capt = agreement(greedy_tokens(cap, self.eval_pixels, self.gen), self.ref)
         tf = teacher_forced(self.fp32, cap, self.eval_pixels, self.ref, self.gen.decoder_start_token_id)
         diff = max_logit_diff(hf_model, cap, verify_pixels, torch_ref, self.gen)
         return mf.Verification(

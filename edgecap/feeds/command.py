@@ -19,6 +19,7 @@ from ..cliargs import EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT
 from ..fileio import is_symlink_refusal, open_append
 from ..outputlock import OutputLock
 from ..progress import StatusLine, format_eta
+from ..signals import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, silence_stdout, whole_line
 from .output import (
     append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, subtitle_text,
     write_atomic, write_subtitles,
@@ -218,16 +219,18 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
     for r in done.values():
         subtitles[r.source].append((r.pts, subtitle_text(r)))
     progress = Progress(sys.stderr, quiet=args.quiet)
-    interrupted = closed = False
+    interrupted: KeyboardInterrupt | None = None
+    closed = False
     stream = run_feed(captioner, sources, cfg, options, done, progress)
     try:
         for batch in stream:
-            append_all(fd, encode_records(batch, extra), sync=not to_stdout)
+            with whole_line():  # a signal waits until the batch's lines are all written
+                append_all(fd, encode_records(batch, extra), sync=not to_stdout)
             progress.frames_written(batch)
             for r in batch:
                 subtitles[r.source].append((r.pts, subtitle_text(r)))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated)
+        interrupted = exc
     except BrokenPipeError:  # `edgecap feed ... --out - | head`: the reader is gone
         closed = True
     finally:
@@ -237,6 +240,9 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
         progress.close()
     if (args.vtt or args.srt) and not (interrupted or closed):
         write_subtitles(subtitles, sources, cfg.every, args.vtt, args.srt)
+    if closed:  # quietly, as a tool killed by SIGPIPE
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
     where = "stdout" if to_stdout else args.out
     if not args.quiet:
         elapsed = time.monotonic() - progress.t0
@@ -251,14 +257,11 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
             first = progress.problems[source][0]
             more = len(progress.problems[source]) - 1
             progress._print(f"  failed: {first}" + (f" (and {more} more)" if more else ""))
-    if closed:
-        sys.stdout = open(os.devnull, "w")  # Python's exit-time flush of the dead pipe would raise again
-        progress._print("feed: stdout was closed; stopped")
-        return EXIT_INPUT_FAILED
-    if interrupted:
+    if interrupted is not None:
         hint = "" if to_stdout else f"finished frames are in {args.out}; rerun the same command to continue"
-        progress._print("interrupted" + (f": {hint}" if hint else ""))
-        return EXIT_INTERRUPTED
+        terminated = isinstance(interrupted, Terminated)
+        progress._print(("terminated (SIGTERM)" if terminated else "interrupted") + (f": {hint}" if hint else ""))
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     return EXIT_INPUT_FAILED if failed else EXIT_OK
 
 

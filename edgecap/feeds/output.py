@@ -73,8 +73,11 @@ def _optional_float(value: Any) -> float | None:
 
 def encode_records(records: Iterable[FrameCaption], extra: dict[str, Any]) -> bytes:
     """JSON lines; "parsed" (the answer as a structure) only where a record has one."""
-    return "".join(json.dumps({**{k: getattr(r, k) for k in RECORD_KEYS}, **_parsed(r), **extra}) + "\n"
-                   for r in records).encode()
+    # UTF-8 as JSON Lines wants it (Japanese OCR stays readable); an undecodable file name's lone
+    # surrogates become \udcXX escapes, which read back as the same name on resume
+    text = "".join(json.dumps({**{k: getattr(r, k) for k in RECORD_KEYS}, **_parsed(r), **extra}, ensure_ascii=False)
+                   + "\n" for r in records)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _parsed(record: FrameCaption) -> dict[str, Any]:
