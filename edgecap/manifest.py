@@ -4,7 +4,7 @@ A bundle is a directory::
 
     manifest.json          this schema, serialised
     tokenizer.json         a `tokenizers` tokenizer
-    <precision>/encoder.onnx   pixels -> per-decoder-layer cross-attention K and V
+    <precision>/encoder.onnx   pixels (and, Florence-2, the prompt's ids) -> per-decoder-layer cross-attention K and V
     <precision>/decoder.onnx   one KV-cached decoder step
     <precision>/decoder_attn.onnx   the same step, also emitting cross-attention (optional,
                                     `edgecap export --with-attentions`)

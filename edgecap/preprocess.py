@@ -1,7 +1,8 @@
 """Image loading and preprocessing that reproduces Hugging Face's PIL ("slow") image processors.
 
-The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor`` or
-``DonutImageProcessor`` (``image_processing_pil_{vit,deit,donut}`` in transformers 5.x), so any
+The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor``,
+``CLIPImageProcessor`` (Florence-2's; the same resize-and-crop pipeline with CLIP's defaults) or
+``DonutImageProcessor`` (``image_processing_pil_{vit,deit,clip,donut}`` in transformers 5.x), so any
 difference here is silent accuracy loss.  Every step therefore mirrors the transformers code path
 op for op: PIL resize on uint8 pixels, integer center-crop offsets (with zero padding when the
 image is smaller than the crop), rescale computed in float64 then cast to float32, and normalize

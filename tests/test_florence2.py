@@ -258,3 +258,17 @@ def test_confidence_and_token_scores(florence2, images):
     c = Captioner(bundle, precision="fp32").caption(images[:1], prompt="<OD>")[0]
     assert len(c.token_scores) == len(c.token_ids)
     assert c.confidence == pytest.approx(math.exp(sum(c.token_scores) / len(c.token_scores)))
+
+
+def test_new_manifest_fields_are_written_only_when_used(florence2, export_tiny):
+    """Bundles that do not read a prompt in the encoder are written as before these fields existed
+    (so a runtime that predates them still reads them); a Florence-2 manifest round-trips."""
+    from edgecap import manifest as mf
+
+    _, plain = export_tiny("vit", "gpt2")
+    text = (plain / "manifest.json").read_text()
+    assert all(key not in text for key in ('"florence2"', '"prompt_target"', '"encoder_prompt"'))
+    _, bundle = florence2
+    man = mf.Manifest.from_json((bundle / "manifest.json").read_text())
+    assert mf.Manifest.from_json(man.to_json()) == man
+    assert man.florence2.tasks[0] == mf.TaskPrompt("<OCR>", "What is the text in the image?", False)
