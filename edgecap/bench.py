@@ -133,7 +133,8 @@ def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pi
 
     cap = Captioner(bundle, precision=precision, backend=args.backend, threads=args.threads)
     floor = floor_estimate(cap.bundle.manifest.architecture, precision, batch, beams, floors)
-    opts = GenerationOptions(num_beams=beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    opts = GenerationOptions(num_beams=beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                             stopping="none")  # exactly --new-tokens tokens, whatever the bundle stops on
     enc_times = time_calls(lambda: cap.encode(pixels), args.warmup, args.repeat)
     encoded = cap.encode(pixels)
     dec_times = time_calls(lambda: cap.decode(encoded, opts), args.warmup, args.repeat)

@@ -25,7 +25,7 @@ from .manifest import ENCODER_PROMPT_IDS, PIXEL_VALUES
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
 from .preprocess import ImageSource, PreprocessSpec, image_list, preprocess, preprocess_sized
 from .resources import available_memory, decoding_state_bytes
-from .text import Detokenizer
+from .text import Detokenizer, postprocess_text
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ class Caption:
     # [tokens, heads, encoder_seq], the cross-attention the decoder used when it chose each token.
     # `edgecap.attention.to_grid` maps it onto the image.
     cross_attentions: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # stopping="nougat" only: "fail" when the output repeated itself (Nougat's [MISSING_PAGE_FAIL]),
+    # "empty" when it repeated from the start or its clean-up left nothing ([MISSING_PAGE_EMPTY]);
+    # `text` is then that mark (edgecap.nougat.page_mark), `token_ids` what was generated.
+    missing_page: str | None = None
     # The answer as a structure, for bundles with a parser (None otherwise): Florence-2's
     # `processor.post_process_generation(...)` ({task: answer}, locations in the original image's
     # pixels; None when the prompt came as token ids), Donut's token2json.
@@ -242,8 +246,9 @@ class Captioner:
     # --- stages -----------------------------------------------------------------------------
 
     def preprocess(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Images -> pixel_values [B, 3, H, W] float32, exactly as the HF image processor would."""
-        return preprocess(images, self.preprocess_spec)
+        """Images -> pixel_values [B, 3, H, W] float32, exactly as the HF image processor would
+        (a document whose content would reach the encoder thinner than a patch is logged as a warning)."""
+        return preprocess(images, self.preprocess_spec, self.bundle.manifest.architecture.encoder_patch_size)
 
     def encode(self, pixel_values: np.ndarray, options: GenerationOptions | None = None) -> dict[str, np.ndarray]:
         """Run the encoder: per decoder layer, the cross-attention K and V of each image. `options`
@@ -355,12 +360,13 @@ class Captioner:
                 "available); lower num_beams, max_new_tokens or the batch size")
 
     def encode_text(self, text: str) -> list[int]:
-        """Token ids of `text` without special tokens (how a text prompt is fed)."""
+        """Token ids of `text` without special tokens, padding or truncation (how a text prompt is fed);
+        `OptionsError` when the tokenizer does not know a piece of it (it would be fed as unknown)."""
         if not self.bundle.manifest.tokenizer.encodes_text:
             raise OptionsError(f"{self.bundle.path}: this bundle's tokenizer was rebuilt from the checkpoint's vocab.txt "
                                "(a slow tokenizer with no fast class); it decodes as the model's own but cannot encode "
                                "a text prompt the same way: give the prompt as token ids (prompt_ids, --prompt-ids)")
-        return self.detokenize.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.detokenize.encode_prompt(text)
 
     # --- all together -------------------------------------------------------------------------
 
@@ -378,8 +384,9 @@ class Captioner:
 
         `generation_kwargs` are generate()'s names, the fields of `GenerationOptions` (num_beams,
         max_new_tokens, min_new_tokens, length_penalty, no_repeat_ngram_size, early_stopping,
-        num_return_sequences, prompt_ids, prompt, bad_words_ids); those left as None take `options`'
-        value, then the bundle's default. With a prompt, `token_ids` and `text` are what follows it.
+        num_return_sequences, prompt_ids, prompt, bad_words_ids, stopping, postprocess); those left as
+        None take `options`' value, then the bundle's default. With a prompt, `token_ids` and `text`
+        are what follows it.
 
         `output_attentions` (not a generation option: the tokens are the same either way) fills
         `Caption.cross_attentions` from decoder layer `attention_layer` (negative counts from the
@@ -400,9 +407,10 @@ class Captioner:
         out: list[Caption] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            pixels, sizes = preprocess_sized(chunk, self.preprocess_spec)
+            patch = self.bundle.manifest.architecture.encoder_patch_size
+            pixels, sizes = preprocess_sized(chunk, self.preprocess_spec, patch)
             hyps = self.decode(self.encode(pixels, opts), opts, output_attentions, attention_layer, attention_heads)
-            out.extend(self._to_caption(h, opts, size) for h, size in zip(hyps, sizes))
+            out.extend(self.to_caption(h, resolved, size, opts) for h, size in zip(hyps, sizes))
         return out
 
     def parse_answer(self, token_ids: Sequence[int], image_size: tuple[int, int] | None = None,
@@ -453,8 +461,27 @@ class Captioner:
                             batch_size=batch_size, max_frames=max_frames, fps=fps, options=options,
                             on_error=on_error)
 
-    def _to_caption(self, hyps: list[decoding.Hypothesis], options: GenerationOptions | None = None,
-                    image_size: tuple[int, int] | None = None) -> Caption:
-        caps = [Caption(self.detokenize(h.token_ids), h.token_ids, h.score, (), h.token_scores, h.cross_attentions,
-                        parsed=self.parse_answer(h.token_ids, image_size, options)) for h in hyps]
+    def caption_text(self, hyp: decoding.Hypothesis, options: ResolvedOptions) -> tuple[str, str | None]:
+        """(text, missing_page) of a hypothesis: decoded, cleaned up by `options.postprocess`, or the
+        page mark Nougat's predict.py writes instead (see `Caption.missing_page`)."""
+        from .nougat import MISSING_PAGE_POST, PAGE_EMPTY, PAGE_FAIL, page_mark
+
+        text = postprocess_text(self.detokenize(hyp.token_ids), options.postprocess)
+        if options.postprocess is not None and text.strip() == MISSING_PAGE_POST:
+            return page_mark(PAGE_EMPTY), PAGE_EMPTY  # predict.py: uncaught repetitions, most likely empty
+        if hyp.repetition_start is not None:
+            kind = PAGE_FAIL if hyp.repetition_start > 0 else PAGE_EMPTY
+            return page_mark(kind), kind
+        return text, None
+
+    def to_caption(self, hyps: list[decoding.Hypothesis], options: ResolvedOptions,
+                   image_size: tuple[int, int] | None = None, request: GenerationOptions | None = None) -> Caption:
+        """One image's hypotheses (from `decode`) as a `Caption`, its alternatives after it. `request`
+        (the options as asked, their prompt naming a Florence-2 task) and `image_size` (the image's
+        width, height) give `Caption.parsed` (see `parse_answer`)."""
+        caps = []
+        for h in hyps:
+            text, missing = self.caption_text(h, options)
+            caps.append(Caption(text, h.token_ids, h.score, (), h.token_scores, h.cross_attentions, missing,
+                                parsed=self.parse_answer(h.token_ids, image_size, request)))
         return replace(caps[0], alternatives=tuple(caps[1:]))

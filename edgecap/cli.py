@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from . import __version__
+from . import __version__, pdf
 from .cliargs import (
     EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
     add_generation_args, add_model_args, generation_options,
@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
     )
     cap.add_argument("paths", nargs="+", metavar="PATH",
-                     help="image files, directories of images, glob patterns, or - to read paths from stdin "
-                     "(one per line, taken literally)")
+                     help="image files, PDFs (one input per page, rendered at 96 dpi as Nougat does, named "
+                     "paper.pdf#page=N, which also works as an input; needs the pdf extra), directories of images "
+                     "and PDFs, glob patterns, or - to read paths from stdin (one per line, taken literally)")
     cap.add_argument("-r", "--recursive", action="store_true", help="scan directories' subdirectories too")
     cap.add_argument("--json", action="store_true",
                      help="print one JSON object per input: path, caption, score, token_ids, token_scores (each "
@@ -174,16 +175,22 @@ def _caption(args: argparse.Namespace) -> int:
     # stderr only, and only on a terminal: piped or logged runs get exactly what they got before
     status = StatusLine(sys.stderr, log_lines=False, quiet=len(items) < PROGRESS_MIN_IMAGES)
     progress = _Progress(status, len(items))
-    pending: list[tuple[str, object, str | None]] = []  # input order kept across failures
+    pending: list[tuple[str, object, Any, str | None]] = []  # input order kept across failures
+    min_side = captioner.bundle.manifest.architecture.encoder_patch_size
 
     def flush() -> None:
-        good = [img for _, img, problem in pending if problem is None]
-        caps = iter(captioner.caption(good, options=options, batch_size=len(good), output_attentions=maps is not None)
-                    if good else [])
+        good = [pixels for _, _, pixels, problem in pending if problem is None]
+        caps: Iterator[Any] = iter([])
+        if good:  # the pixels _load made (with warnings naming the files), captioned in one call
+            import numpy as np
+
+            hyps = captioner.decode(captioner.encode(np.stack(good), options), options, output_attentions=maps is not None)
+            sizes = [image.size for _, image, _, problem in pending if problem is None]  # parsed answers' pixels
+            caps = iter([captioner.to_caption(h, resolved, size, options) for h, size in zip(hyps, sizes)])
         status.clear()
-        for path, image, problem in pending:
+        for path, image, _, problem in pending:
             if problem is None:
-                c = next(caps)
+                c = _page_marked(path, next(caps))
                 writer.caption(path, c)
                 if maps is not None:
                     maps.write(captioner, path, image, c)
@@ -196,10 +203,10 @@ def _caption(args: argparse.Namespace) -> int:
     try:
         progress.show()
         for path, problem in items:
-            image = None
+            image = pixels = None
             if problem is None:
-                image, problem = _load(path, captioner.preprocess_spec)
-            pending.append((path, image, problem))
+                image, pixels, problem = _load(path, captioner.preprocess_spec, min_side)
+            pending.append((path, image, pixels, problem))
             waiting = sum(1 for *_, p in pending if p is None)
             if waiting == 0 or waiting >= args.batch_size:  # a failure with nothing to wait for is said at once
                 flush()
@@ -210,23 +217,34 @@ def _caption(args: argparse.Namespace) -> int:
     return EXIT_INPUT_FAILED if progress.failed else EXIT_OK
 
 
-def _load(path: str, spec: Any) -> tuple[Any, str | None]:
-    """(PIL image, None) or (None, the problem)."""
+def _load(path: str, spec: Any, min_side: int | None) -> tuple[Any, Any, str | None]:
+    """(PIL image, its pixel_values, None) or (None, None, the problem). Preprocessing here makes a
+    problem (Donut's and Nougat's geometry can refuse an image too elongated for their canvas) this
+    file's, not its whole batch's, and names the file in warnings. `path` may name a PDF page."""
     from .errors import ImageError
     from .preprocess import load_image, preprocess_one
 
     try:
-        image = load_image(path)
-        if spec.kind == "donut":
-            # Donut's geometry can refuse an image (too elongated to fit its canvas): find out here,
-            # so the problem is this file's, not its whole batch's
-            preprocess_one(image, spec)
-        return image, None
+        page = pdf.split_page_name(path)
+        image = load_image(pdf.render_page(*page) if page else path)
+        return image, preprocess_one(image, spec, min_side, source=path), None
     except ImageError as exc:
         problem = exc.problem
     if "decompression bomb" in problem:
         problem += "; if you trust it, allow it with --max-pixels N"
-    return None, problem
+    return None, None, problem
+
+
+def _page_marked(path: str, c: Any) -> Any:
+    """A missing-page mark of a PDF page numbered as Nougat numbers it: [MISSING_PAGE_FAIL:3]."""
+    page = pdf.split_page_name(path)
+    if c.missing_page is None or page is None:
+        return c
+    from dataclasses import replace
+
+    from .nougat import page_mark
+
+    return replace(c, text=page_mark(c.missing_page, page[1]))
 
 
 class _CaptionWriter:

@@ -133,6 +133,9 @@ class Architecture:
     # class/distillation tokens first, then a rows x columns grid of patches (Swin: its last stage).
     encoder_grid: list[int] | None = None
     encoder_prefix_tokens: int | None = None
+    # The encoder's patch side in pixels: content thinner than this reaches the model as a sliver
+    # (the runtime warns, naming the image). None in bundles written before it was recorded.
+    encoder_patch_size: int | None = None
     # Florence-2: the encoder's sequence is encoder_seq_len image tokens, then the prompt's tokens
     # (so cross K/V and attentions have a symbolic length; attention maps drop the prompt's part)
     encoder_prompt: bool = False
@@ -162,6 +165,12 @@ class Generation:
     # generate(decoder_input_ids=...) puts the decoder start token before a prompt, except for Donut
     # checkpoints, whose prompt is the whole decoder input (transformers PR #31470)
     prompt_includes_start: bool = False
+    # A stopping rule beyond eos and max_new_tokens (edgecap.stopping.STOPPING_RULES): "nougat", the
+    # repetition stop of Nougat's own inference, which Nougat checkpoints are exported with. None: none.
+    stopping: str | None = None
+    # Clean-up of the decoded text (edgecap.text.POSTPROCESSORS), e.g. "nougat": Nougat's markdown
+    # clean-up (NougatTokenizerFast.post_process_generation). None: the text as decoded.
+    postprocess: str | None = None
     # Where a prompt goes: "decoder" (after the start token, as generate(decoder_input_ids=...)) or
     # "encoder" (Florence-2: the task prompt is read by the encoder with the image; the decoder starts
     # from the start token alone). With "encoder", prompt_ids is the default prompt's encoder tokens.
@@ -232,10 +241,12 @@ class Verification:
     mean_kl: float | None = None
     decisive_margin: float | None = None
     eval_images: str | None = None  # "user" (--eval-images) or "synthetic" (export's default images)
-    # fp32 only, measured when max_logit_diff exceeded the absolute tolerance: on the image that differed
-    # most, PyTorch fp32's own max logit error against PyTorch in float64, and the graphs' error against it
+    # fp32 only, measured when max_logit_diff exceeded the absolute tolerance: over every verified image
+    # and step, PyTorch fp32's own max logit error against PyTorch in float64, and the graphs' error
     fp64_pytorch_error: float | None = None
     fp64_error: float | None = None
+    fp64_pytorch_rms: float | None = None  # the same as root mean squares over every verified logit: the gate's
+    fp64_rms: float | None = None
     verified_steps: int | None = None  # tokens decoded per image at most (export's --verify-steps)
 
 

@@ -103,8 +103,11 @@ def _tokenizer_help(model: str, why: str) -> str:
 
 
 def load_model(model: str):
-    """The model, its tokenizer, its image processor config and, for models that read their prompt in
-    the encoder (Florence-2), the processor that builds that prompt, else None (local directory or hub id)."""
+    """The model, its tokenizer, its image preprocessing and, for models that read their prompt in the
+    encoder (Florence-2), the processor that builds that prompt, else None (local directory or hub id).
+
+    The image processor config is read and checked before any weights are loaded: a checkpoint
+    without one fails in a second, not after the weights (Florence-2's comes with its processor)."""
     from transformers import AutoConfig, AutoTokenizer, VisionEncoderDecoderModel
 
     _check_model_source(model)
@@ -116,11 +119,17 @@ def load_model(model: str):
         where = "directory not found, and the Hugging Face Hub did not provide it" if missing else "cannot read a model config"
         raise ExportError(f"{model}: {where} ({str(exc).splitlines()[0]})") from None
     if family_florence2.is_florence2(config):
-        return family_florence2.load(model)
+        hf_model, tokenizer, proc_cfg, processor = family_florence2.load(model)
+        try:
+            spec = PreprocessSpec.from_hf_config(proc_cfg, transformers_major=_transformers_major())
+        except ValueError as exc:
+            raise ExportError(f"{model}: its processor's image processor: {exc}") from None
+        return hf_model, tokenizer, spec, processor
     if config.model_type != "vision-encoder-decoder":
         raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder' "
                                     "or 'florence2'")
     families.check_supported(config.encoder.model_type, config.decoder.model_type)
+    spec = preprocess_spec(model)
     hf_model = VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager").eval()
     families.repair_loaded(hf_model)
     try:
@@ -131,8 +140,7 @@ def load_model(model: str):
             tokenizer = _from_vocab_txt(model, None, f"and none could be loaded ({str(exc).splitlines()[0]})")
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
         tokenizer = _from_vocab_txt(model, tokenizer, f"but it has only a slow {type(tokenizer).__name__}")
-    proc_cfg = _read_processor_config(model)
-    return hf_model, tokenizer, proc_cfg, None
+    return hf_model, tokenizer, spec, None
 
 
 def _from_vocab_txt(model: str, slow, why: str):
@@ -166,16 +174,66 @@ def _plain_fast_tokenizer(model_dir: Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(path), **kwargs)
 
 
-def _read_processor_config(model: str) -> dict[str, Any]:
-    path = Path(model) / "preprocessor_config.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    try:  # a hub id
-        from transformers.utils import cached_file
+# Where transformers keeps an image processor's config: its own file (every 4.x save, and 5.x's
+# ImageProcessor.save_pretrained), or nested in the processor's file (5.x's *Processor.save_pretrained,
+# e.g. DonutProcessor, NougatProcessor); old checkpoints name feature extractors there.
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_NESTED_KEYS = ("image_processor", "feature_extractor")
 
-        return json.loads(Path(cached_file(model, "preprocessor_config.json")).read_text())
-    except Exception:
-        raise ExportError(f"{model}: preprocessor_config.json not found (the image processor config)") from None
+
+def _read_json(model: str, name: str) -> dict | None:
+    """A checkpoint file as JSON (local directory, else the hub's cache), None if it has none."""
+    path = Path(model) / name
+    if not path.is_file() and not Path(model).is_dir():
+        try:  # a hub id
+            from transformers.utils import cached_file
+
+            path = Path(cached_file(model, name))
+        except Exception:  # noqa: BLE001 - absent from the hub, or no network: looked for, not found
+            return None
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: cannot read it as JSON ({exc})") from None
+    return data if isinstance(data, dict) else None
+
+
+def read_processor_config(model: str) -> tuple[dict[str, Any], str]:
+    """The image processor config and the file it came from, in whichever layout transformers wrote."""
+    for name in PROCESSOR_FILES:
+        data = _read_json(model, name)
+        if data is None:
+            continue
+        if data.get("image_processor_type") or data.get("feature_extractor_type"):
+            return data, name
+        for key in _NESTED_KEYS:
+            nested = data.get(key)
+            if isinstance(nested, dict):
+                if not (nested.get("image_processor_type") or nested.get("feature_extractor_type")):
+                    # name it after the processor, as transformers' Auto classes would resolve it
+                    processor = str(data.get("processor_class") or "")
+                    if processor.endswith("Processor"):
+                        nested = {**nested, "image_processor_type": processor[: -len("Processor")] + "ImageProcessor"}
+                return nested, f"{name} ({key})"
+    raise ExportError(f"{model}: no image processor config found (looked in {' and '.join(PROCESSOR_FILES)}); "
+                      "save the checkpoint's processor into it with processor.save_pretrained(DIR)")
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def preprocess_spec(model: str) -> PreprocessSpec:
+    """The checkpoint's image preprocessing as the installed transformers line runs it."""
+    cfg, where = read_processor_config(model)
+    try:
+        return PreprocessSpec.from_hf_config(cfg, transformers_major=_transformers_major())
+    except ValueError as exc:
+        raise ExportError(f"{model}: {where}: {exc}") from None
 
 
 def generation_defaults(model, tokenizer) -> mf.Generation:
@@ -217,6 +275,31 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
         # before it): the same rule, recorded so the runtime needs no family knowledge
         prompt_includes_start="donut" in families.model_types(cfg)[0],
     )
+
+
+def nougat_generation(gen: mf.Generation, tokenizer) -> mf.Generation:
+    """What Nougat's own inference (the nougat repository's NougatModel.inference and predict.py) adds
+    to the generation config: the repetition stop, the unknown token banned (`bad_words_ids=[[unk]]`,
+    also the model card's generate() call), and the markdown clean-up of its output (predict.py's
+    default; the model card calls post_process_generation too)."""
+    bad = list(gen.bad_words_ids)
+    unk = tokenizer.unk_token_id
+    if unk is not None and [int(unk)] not in bad and int(unk) not in gen.eos_token_ids:
+        bad.append([int(unk)])
+    return mf.Generation(**{**gen.__dict__, "stopping": gen.stopping or "nougat", "bad_words_ids": bad,
+                            "postprocess": gen.postprocess or "nougat"})
+
+
+def _prompt_ids(model: str, tokenizer, prompt: str) -> list[int]:
+    """--prompt as ids, refused (as `edgecap caption` refuses it) when a piece is unknown to the tokenizer."""
+    from edgecap.text import unknown_prompt_message
+
+    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    ids, unk = [int(t) for t in enc["input_ids"]], tokenizer.unk_token_id
+    if unk is not None and unk in ids:
+        pieces = [prompt[a:b] for t, (a, b) in zip(ids, enc["offset_mapping"]) if t == unk]
+        raise ExportError(f"{model}: --prompt: {unknown_prompt_message(prompt, pieces, str(tokenizer.unk_token))}")
+    return ids
 
 
 def _id_list(value) -> list[int]:
@@ -299,12 +382,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     _check_options(options)
     out = Path(outdir)
     _check_outdir(out, options.force)
-    hf_model, tokenizer, proc_cfg, processor = load_model(model)
+    hf_model, tokenizer, spec, processor = load_model(model)
     cfg = hf_model.config
-    try:
-        spec = PreprocessSpec.from_hf_config(proc_cfg)
-    except ValueError as exc:
-        raise ExportError(f"{model}: preprocessor_config.json: {exc}") from None
     enc, dec = families.extract(hf_model, spec.output_hw)
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
@@ -321,11 +400,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             raise ExportError(f"{model}: {exc}") from None
         ref_model = family_florence2.PromptedModel(hf_model, gen.prompt_ids, enc.seq_len)
     elif options.prompt:
-        ids = tokenizer(options.prompt, add_special_tokens=False)["input_ids"]
-        unknown = [t for t in ids if t == tokenizer.unk_token_id]
-        if unknown:
-            raise ExportError(f"{model}: --prompt {options.prompt!r} has tokens the tokenizer does not know")
-        gen = mf.Generation(**{**gen.__dict__, "prompt_ids": [int(t) for t in ids]})
+        gen = mf.Generation(**{**gen.__dict__, "prompt_ids": _prompt_ids(model, tokenizer, options.prompt)})
     prompt_len = len(gen.prompt_ids) + (0 if gen.prompt_includes_start and gen.prompt_ids else 1)
     if gen.prompt_target == "encoder":
         prompt_len = 1  # the decoder starts from its start token alone
@@ -380,6 +455,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 decoder_step_params=dec.step_params(),
                 encoder_grid=list(enc.grid),
                 encoder_prefix_tokens=enc.prefix_count,
+                encoder_patch_size=int(enc.patch),
                 encoder_prompt=florence is not None,
             ),
             preprocess=spec.to_dict(),
@@ -402,8 +478,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         log.info("fp32 vs PyTorch (%d images, up to %d tokens each): max logit difference %.2e, token agreement "
                  "%.1f%%%s", len(verify_pixels), vgen.max_new_tokens, report.max_logit_diff,
                  100 * report.token_agreement,
-                 "" if report.fp64_error is None else f"; against float64: edgecap {report.fp64_error:.2e}, "
-                 f"PyTorch fp32 {report.fp64_pytorch_error:.2e}")
+                 "" if report.fp64_rms is None else f"; against float64 (RMS): edgecap {report.fp64_rms:.2e}, "
+                 f"PyTorch fp32 {report.fp64_pytorch_rms:.2e}")
         problem = verify.fp32_problem(report, options.max_logit_diff, options.min_token_agreement)
         if problem:
             raise ExportError(f"verification failed: the fp32 graphs differ from PyTorch ({problem}); no bundle "
@@ -429,7 +505,13 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 shutil.rmtree(tmp / prec, ignore_errors=True)
                 continue
             reports[prec] = rep
-        manifest = mf.Manifest(**{**manifest.__dict__, "graphs": pairs, "verification": reports})
+        # Verified with the checkpoint's own generation config (what generate() uses); what Nougat's
+        # inference adds to it goes into the bundle's defaults only now.
+        final_gen = nougat_generation(gen, tokenizer) if spec.kind == "nougat" else gen
+        if getattr(tokenizer, "edgecap_postprocess", None) and final_gen.postprocess is None:
+            final_gen = mf.Generation(**{**final_gen.__dict__, "postprocess": tokenizer.edgecap_postprocess})
+        manifest = mf.Manifest(**{**manifest.__dict__, "generation": final_gen, "graphs": pairs,
+                                  "verification": reports})
         _write_manifest(tmp, manifest)
         _move_into_place(tmp, out)
     except BaseException:

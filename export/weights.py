@@ -328,6 +328,11 @@ class Florence2Encoder:
         return 1  # the projector's mean-pooled token comes first
 
     @property
+    def patch(self) -> int:
+        """Pixels per token side of the first stage (its patch convolution's stride)."""
+        return self.stages[0].embed.stride
+
+    @property
     def seq_len(self) -> int:
         """The image's tokens (the encoder's sequence then goes on with the prompt's)."""
         return self.prefix_count + self.grid[0] * self.grid[1]

@@ -39,7 +39,8 @@ def add_feed_parser(sub) -> argparse.ArgumentParser:
         "interrupted run stopped. A bad source is reported on stderr and the others are still captioned.",
         epilog=EXIT_CODES_HELP,
     )
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="video files, folders of frames, or glob patterns")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="video files, folders of frames, PDFs (a frame per page; needs the pdf extra), or glob patterns")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="JSON-lines output, appended to and resumed from (settings recorded in FILE.settings.json); "
                    "'-' writes to stdout (nothing to resume from); with --ray a folder, one file per source")

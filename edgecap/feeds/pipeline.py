@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from .. import pdf
 from ..errors import ImageError
 from ..decoding import confidence
 from ..options import GenerationOptions
@@ -116,6 +117,7 @@ class _Producer(threading.Thread):
                  done: dict[tuple[str, int], FrameCaption]) -> None:
         super().__init__(name="edgecap-feed-decoder", daemon=True)
         self.spec = captioner.preprocess_spec
+        self.min_side = captioner.bundle.manifest.architecture.encoder_patch_size
         self.sources, self.cfg, self.done = sources, cfg, done
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.prefetch or 4 * cfg.batch_size)
         self.stop = threading.Event()
@@ -144,7 +146,7 @@ class _Producer(threading.Thread):
 
     def run_source(self, src: FeedSource) -> None:
         job_ids: dict[int, int] = {}  # this source's frame index -> job id, for repeats' references
-        for item in sample_source(src, self.cfg, self.spec, self.done, self.stop):
+        for item in sample_source(src, self.cfg, self.spec, self.done, self.stop, self.min_side):
             if isinstance(item, SampledFrame):
                 self.next_id += 1
                 job_ids[item.frame] = self.next_id
@@ -181,14 +183,17 @@ def sample_source(
     spec: PreprocessSpec,
     done: dict[tuple[str, int], FrameCaption] | None = None,
     stop: threading.Event | None = None,
+    min_side: int | None = None,
 ) -> Iterator[SampledFrame | RepeatedFrame | FeedProblem | _Event]:
     """One source's sampled frames in time order, deduped and preprocessed (the decode stage).
 
     Also yields its problems, a "start" event (expected sample count, or None) and "skip" events
     counting frames `done` already holds. Shared by `run_feed`'s decoder thread and the Ray read tasks.
+    `min_side`: warn about frames whose content reaches the encoder thinner than this (its patch size).
     """
     done = done or {}
-    dedupe = cfg.dedupe
+    # two different pages of text look alike as 32x32 thumbnails: a PDF's pages are never deduped
+    dedupe = 0.0 if src.kind == "pdf" else cfg.dedupe
     sampled = iter_sampled(src, cfg.every, cfg.fps, cfg.max_frames)
     skipped = 0
     ref: int | Result | None = None  # what a repeat repeats: a frame index or an earlier run's result
@@ -230,8 +235,14 @@ def sample_source(
                     float(np.mean(np.abs(thumb - ref_thumb))) < dedupe:
                 yield RepeatedFrame(item.index, pts, ref)
                 continue
+            name = pdf.page_name(src.name, item.index + 1) if src.kind == "pdf" else f"{src.name} {_where(item.index, pts)}"
+            try:  # a document model's geometry can refuse a frame (too elongated for its canvas)
+                pixels = preprocess_one(rgb, spec, min_side, source=name)
+            except ImageError as exc:
+                yield FeedProblem(src.name, _where(item.index, pts), f"{exc.problem}, skipped")
+                continue
             ref, ref_thumb = item.index, thumb
-            yield SampledFrame(item.index, pts, preprocess_one(rgb, spec), (int(rgb.shape[1]), int(rgb.shape[0])))
+            yield SampledFrame(item.index, pts, pixels, (int(rgb.shape[1]), int(rgb.shape[0])))
         if skipped:
             yield _Event("skip", src.name, skipped)
     finally:
@@ -253,7 +264,7 @@ def run_feed(
     yielded again (they still steer dedupe). Problems go to `listener.problem`; the run goes on.
     """
     config.check()
-    captioner.resolve_options(options)  # bad options fail before any decoding
+    settled = captioner.resolve_options(options)  # bad options fail before any decoding
     listener = listener or FeedListener()
     producer = _Producer(captioner, list(sources), config, dict(done or {}))
     hold_limit = max(64, 4 * config.batch_size)  # run a partial batch rather than hold more results
@@ -268,7 +279,7 @@ def run_feed(
         pixels = np.stack([j.pixels for j in pending])
         for job, hyps in zip(pending, captioner.decode(captioner.encode(pixels, options), options)):
             best = hyps[0]
-            results[job.id] = (captioner.detokenize(best.token_ids), float(best.score), confidence(best.token_scores),
+            results[job.id] = (captioner.caption_text(best, settled)[0], float(best.score), confidence(best.token_scores),
                                captioner.parse_answer(best.token_ids, job.size, options))
         pending.clear()
 

@@ -169,8 +169,9 @@ class _CaptionActor:
                 sizes.append(size)
         if pixels:
             cap = self.captioner
+            resolved = cap.resolve_options(self.options)
             for i, size, hyps in zip(todo, sizes, cap.decode(cap.encode(np.stack(pixels), self.options), self.options)):
-                captions[i] = cap.detokenize(hyps[0].token_ids)
+                captions[i] = cap.caption_text(hyps[0], resolved)[0]
                 scores[i] = float(hyps[0].score)
                 confidences[i] = confidence(hyps[0].token_scores)
                 answer = self._parse(hyps[0].token_ids, size)
