@@ -107,14 +107,19 @@ class OrtEncoder:
         self.output_shapes = {t.name: t.shape for t in graph.outputs} if graph is not None else {}
 
     def __call__(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run({mf.PIXEL_VALUES: pixel_values})
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph on all its inputs (pixels, and the prompt's ids for an encoder that reads one)."""
         if not self.one_image:
-            outs = self.session.run(self.output_names, {mf.PIXEL_VALUES: pixel_values})
+            outs = self.session.run(self.output_names, feeds)
             return dict(zip(self.output_names, outs))
-        n = len(pixel_values)
+        n = len(feeds[mf.PIXEL_VALUES])
         out = {name: np.empty((n, *self.output_shapes[name][1:]), np.float32) for name in self.output_names}
         for i in range(n):
             binding = self.session.io_binding()
-            binding.bind_cpu_input(mf.PIXEL_VALUES, np.ascontiguousarray(pixel_values[i : i + 1]))
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value[i : i + 1]))
             for name, arr in out.items():
                 binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr[i : i + 1]))
             self.session.run_with_iobinding(binding)
@@ -213,13 +218,15 @@ class OrtStepDecoder:
                 self._new_keys = [np.empty((n, h, d, 1), self.cache_dtype) for _ in range(self.layers)]
                 self._new_values = [np.empty((n, h, 1, d), self.cache_dtype) for _ in range(self.layers)]
             self._logits = np.empty((n, self.arch.vocab_size), np.float32)
-            if self.emits_attentions:
-                self._attentions = [np.empty((n, h, self.arch.encoder_seq_len), np.float32) for _ in range(self.layers)]
             self._ids = np.zeros((n, 1), np.int64)
             self._step = np.zeros(1, np.int64)
         self._bind()
 
     def _bind(self) -> None:
+        if self.emits_attentions:  # as long as the encoded sequence (Florence-2's varies with the prompt)
+            shape = (len(self._ids), self.arch.decoder_heads, self.cross[mf.cross_value(0)].shape[2])  # S, in both forms
+            if getattr(self, "_attentions", None) is None or self._attentions[0].shape != shape:
+                self._attentions = [np.empty(shape, np.float32) for _ in range(self.layers)]
         self._feeds = {**self.cross, mf.INPUT_IDS: self._ids, mf.STEP: self._step}
         for i in range(self.layers):
             self._feeds[mf.past_key(i)] = self._keys[i]

@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("model (one of)")
     src.add_argument("--bundle", help="an exported bundle directory")
     src.add_argument("--model", help="a Hugging Face checkpoint directory: exported first (cached in --workdir)")
-    src.add_argument("--synthetic", choices=["vit-gpt2-base"], help="random weights with a real model's geometry")
+    src.add_argument("--synthetic", choices=["vit-gpt2-base", "florence2-base"],
+                     help="random weights with a real model's geometry (florence2-base: Florence-2-base, every "
+                     "engine on its <CAPTION> task)")
     p.add_argument("--precision", default="fp32", help="comma-separated precisions (default: fp32)")
     p.add_argument("--backend", default="cpu",
                    help="comma-separated edgecap backends: cpu, cuda, ort-tensorrt, tensorrt (default: cpu)")
@@ -299,7 +301,10 @@ def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) ->
         if ckpt is None:
             return failed_rows(args, engine, precision, "cpu", "needs --model or --synthetic (a bundle has no PyTorch weights)")
         try:
-            peer = load_peer(engine, precision, ckpt, args.threads, Path(args.bundle_dir).parent)
+            # Florence-2: the peer runs the bundle's default task prompt too (edgecap's rows encode it)
+            prompt = ((manifest.generation.prompt_ids, manifest.architecture.encoder_seq_len)
+                      if manifest.architecture.encoder_prompt else None)
+            peer = load_peer(engine, precision, ckpt, args.threads, Path(args.bundle_dir).parent, prompt)
         except Exception as exc:  # a missing package, a failed export: the row says so, the bench goes on
             log.warning("%s %s cannot run: %s", engine, precision, first_line(exc))
             return failed_rows(args, engine, precision, "cpu", first_line(exc))

@@ -62,12 +62,14 @@ def engine_specs(precisions: list[str], backends: list[str], peers: list[str],
     return specs
 
 
-def load_peer(name: str, precision: str, ckpt: str, threads: int | None, workdir: Path):
-    """A peer object with `runner(pixels, beams, new_tokens)` and `load_seconds`; raises if it cannot run."""
+def load_peer(name: str, precision: str, ckpt: str, threads: int | None, workdir: Path,
+              encoder_prompt: tuple[list[int], int] | None = None):
+    """A peer object with `runner(pixels, beams, new_tokens)` and `load_seconds`; raises if it cannot run.
+    `encoder_prompt`: for a model whose encoder reads a prompt (Florence-2), (its ids, image tokens)."""
     from edgecap_export import peers as peer_mod
 
     if name == "pytorch":
-        return peer_mod.PytorchPeer(ckpt, threads)
+        return peer_mod.PytorchPeer(ckpt, threads, encoder_prompt)
     if name == "optimum":
         return peer_mod.OptimumPeer(ckpt, threads, workdir, int8=precision == "int8")
     if name == "openvino":

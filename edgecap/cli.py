@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--json", action="store_true",
                      help="print one JSON object per input: path, caption, score, token_ids, token_scores (each "
                      "token's log-probability), confidence (exp of their mean), model, precision (alternatives "
-                     "with --num-return-sequences); a failed input has path and error")
+                     "with --num-return-sequences), parsed (the answer as a structure: Florence-2's boxes and "
+                     "labels, Donut's JSON); a failed input has path and error")
     cap.add_argument("--attention-maps", metavar="DIR",
                      help="also write DIR/NAME.png per image: one heatmap per generated token of where the decoder "
                      "looked, titled with the token and its probability (bundles exported with --with-attentions)")
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--prompt", metavar="TEXT",
         help="the bundle's default decoder prompt, used when a caption call gives none (Donut task models: "
-        "e.g. '<s_cord-v2>'); tokenized without special tokens",
+        "e.g. '<s_cord-v2>'); tokenized without special tokens. Florence-2: the default task prompt "
+        "(default '<CAPTION>'; e.g. '<OD>')",
     )
     exp.add_argument(
         "--calibration", metavar="DIR",
@@ -172,7 +174,7 @@ def _caption(args: argparse.Namespace) -> int:
     items = list(expand_inputs(args.paths, recursive=args.recursive))
     writer = _CaptionWriter(args.json, {"model": captioner.bundle.manifest.source.model,
                                         "precision": captioner.precision}, resolved.num_return_sequences > 1,
-                            _donut_json(captioner))
+                            _is_donut(captioner))
     # stderr only, and only on a terminal: piped or logged runs get exactly what they got before
     status = StatusLine(sys.stderr, log_lines=False, quiet=len(items) < PROGRESS_MIN_IMAGES)
     progress = _Progress(status, len(items))
@@ -185,8 +187,9 @@ def _caption(args: argparse.Namespace) -> int:
         if good:  # the pixels _load made (with warnings naming the files), captioned in one call
             import numpy as np
 
-            hyps = captioner.decode(captioner.encode(np.stack(good)), options, output_attentions=maps is not None)
-            caps = iter([captioner.to_caption(h, resolved) for h in hyps])
+            hyps = captioner.decode(captioner.encode(np.stack(good), options), options, output_attentions=maps is not None)
+            sizes = [image.size for _, image, _, problem in pending if problem is None]  # parsed answers' pixels
+            caps = iter([captioner.to_caption(h, resolved, size, options) for h, size in zip(hyps, sizes)])
         status.clear()
         for path, image, _, problem in pending:
             if problem is None:
@@ -252,9 +255,9 @@ class _CaptionWriter:
     so a consumer sees every input exactly once)."""
 
     def __init__(self, json_lines: bool, extra: dict, alternatives: bool,
-                 to_json: Callable[[Sequence[int]], Any] | None = None) -> None:
+                 donut: bool = False) -> None:
         self.json_lines, self.extra, self.alternatives = json_lines, extra, alternatives
-        self.to_json = to_json  # Donut bundles: the answer as DonutProcessor.token2json gives it
+        self.donut = donut  # Donut bundles also keep their answer under "json", as before "parsed" existed
 
     def caption(self, path: str, c: Any) -> None:
         if not self.json_lines:
@@ -272,18 +275,17 @@ class _CaptionWriter:
     def _fields(self, c: Any) -> dict:
         fields = {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids),
                   "token_scores": list(c.token_scores), "confidence": c.confidence}
-        if self.to_json is not None:
-            fields["json"] = self.to_json(c.token_ids)
+        if c.parsed is not None:  # the answer as a structure (Florence-2's boxes, Donut's JSON)
+            fields["parsed"] = c.parsed
+            if self.donut:
+                fields["json"] = c.parsed
         return fields
 
 
-def _donut_json(captioner: Any) -> Callable[[Sequence[int]], Any] | None:
-    """token ids -> JSON for Donut bundles (recognised by their preprocessing), else None."""
-    from .donut import is_donut, sequence_to_json
+def _is_donut(captioner: Any) -> bool:
+    from .donut import is_donut
 
-    if not is_donut(captioner.bundle.manifest):
-        return None
-    return lambda ids: sequence_to_json(ids, captioner.detokenize, captioner.generation_defaults)
+    return is_donut(captioner.bundle.manifest)
 
 
 class _Progress:

@@ -75,7 +75,8 @@ def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -
     prompt.add_argument("--prompt", metavar="TEXT",
                         help="decoder prompt, tokenized without special tokens (Donut: the task, e.g. "
                         "'<s_cord-v2>' or '<s_docvqa><s_question>what is the total?</s_question><s_answer>'); "
-                        "outputs are what follows it")
+                        "outputs are what follows it. Florence-2 reads it in its encoder: a task, e.g. '<OD>', "
+                        "'<OCR_WITH_REGION>', '<CAPTION_TO_PHRASE_GROUNDING>a red car'")
     prompt.add_argument("--prompt-ids", type=parse_ids, metavar="IDS",
                         help="decoder prompt as token ids in [0, vocabulary), e.g. 57579,57580 (fed after the "
                         "decoder start token, as generate(decoder_input_ids=...))")

@@ -4,7 +4,7 @@ A bundle is a directory::
 
     manifest.json          this schema, serialised
     tokenizer.json         a `tokenizers` tokenizer
-    <precision>/encoder.onnx   pixels -> per-decoder-layer cross-attention K and V
+    <precision>/encoder.onnx   pixels (and, Florence-2, the prompt's ids) -> per-decoder-layer cross-attention K and V
     <precision>/decoder.onnx   one KV-cached decoder step
     <precision>/decoder_attn.onnx   the same step, also emitting cross-attention (optional,
                                     `edgecap export --with-attentions`)
@@ -40,6 +40,9 @@ PIXEL_VALUES = "pixel_values"
 INPUT_IDS = "input_ids"  # [batch, 1] int64: the token fed at this step
 STEP = "step"  # [1] int64: its position == number of tokens already in the self-attention cache
 LOGITS = "logits"  # [batch, vocab] float32: next-token logits
+# Encoders that read a prompt (Florence-2, Generation.prompt_target "encoder"): [batch, prompt_len] int64,
+# the prompt's tokens, which the encoder reads after the image's tokens.
+ENCODER_PROMPT_IDS = "prompt_ids"
 
 
 def cross_key(layer: int) -> str:
@@ -169,6 +172,9 @@ class Architecture:
     # The encoder's patch side in pixels: content thinner than this reaches the model as a sliver
     # (the runtime warns, naming the image). None in bundles written before it was recorded.
     encoder_patch_size: int | None = None
+    # Florence-2: the encoder's sequence is encoder_seq_len image tokens, then the prompt's tokens
+    # (so cross K/V and attentions have a symbolic length; attention maps drop the prompt's part)
+    encoder_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,37 @@ class Generation:
     # Clean-up of the decoded text (edgecap.text.POSTPROCESSORS), e.g. "nougat": Nougat's markdown
     # clean-up (NougatTokenizerFast.post_process_generation). None: the text as decoded.
     postprocess: str | None = None
+    # Where a prompt goes: "decoder" (after the start token, as generate(decoder_input_ids=...)) or
+    # "encoder" (Florence-2: the task prompt is read by the encoder with the image; the decoder starts
+    # from the start token alone). With "encoder", prompt_ids is the default prompt's encoder tokens.
+    prompt_target: str = "decoder"
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """A Florence-2 task token and the question Florence2Processor puts in its place."""
+
+    task: str  # e.g. "<OD>"
+    question: str  # e.g. "Locate the objects with category name in the image."; "{input}" marks the task's input
+    takes_input: bool  # the text after the task token fills {input} (phrase grounding, region tasks)
+
+
+@dataclass(frozen=True)
+class Florence2Spec:
+    """How a Florence-2 bundle turns prompts into encoder tokens and answers into structures, read from
+    the checkpoint's Florence2Processor at export (edgecap/florence2.py applies it)."""
+
+    tasks: list[TaskPrompt]  # the processor's order: tasks without input first (the first match wins)
+    answer_types: dict[str, str]  # task token -> post-processing type ("ocr", "description_with_bboxes"...)
+    default_prompt: str  # the prompt a caption call without one uses (export --prompt; default "<CAPTION>")
+    image_tokens: int  # the image's tokens, first in the encoder's sequence (where the processor puts <image>)
+    text_prefix: str  # the processor's frame around the question: bos before ...
+    text_suffix: str  # ... and eos after it, tokenized with it
+    encoder_max_positions: int  # image tokens + prompt tokens may not exceed the encoder's position table
+    location_bins: list[int] = field(default_factory=lambda: [1000, 1000])  # <loc_N> bins across width, height
+    ocr_pattern: str | None = None  # the post-processor's OCR regex when its config sets one (None: its default)
+    ocr_area_threshold: float = 0.0
+    banned_grounding_tokens: list[str] = field(default_factory=list)  # phrases phrase grounding drops
 
 
 @dataclass(frozen=True)
@@ -261,9 +298,17 @@ class Manifest:
     graphs: dict[str, GraphPair]  # precision -> graphs
     files: dict[str, str]  # relative path -> sha256 of every file but the manifest
     verification: dict[str, Verification] = field(default_factory=dict)
+    florence2: Florence2Spec | None = None  # Florence-2 bundles: prompts and answer parsing
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+        data = dataclasses.asdict(self)
+        # Fields added after version 2 are written only when they say something, so a bundle that
+        # does not use them reads the same as before they existed (and in runtimes that predate them).
+        for where, key, default in _LATE_FIELDS:
+            parent = data[where] if where else data
+            if parent.get(key) == default:
+                del parent[key]
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST_FILE) -> "Manifest":
@@ -282,6 +327,11 @@ class Manifest:
                 f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the model with this edgecap version"
             )
         return _build(cls, data, where)
+
+
+# (section or "" for the top level, key, default): see Manifest.to_json
+_LATE_FIELDS = (("", "florence2", None), ("generation", "prompt_target", "decoder"),
+                ("architecture", "encoder_prompt", False))
 
 
 # --- strict decoding of the dataclasses above --------------------------------------------------

@@ -27,7 +27,9 @@ class GenerationOptions:
     early_stopping: bool | str | None = None
     num_return_sequences: int | None = None
     # Decoder prompt: ids fed after the decoder start token (generate(decoder_input_ids=...)), or
-    # text tokenized without special tokens. Outputs are what follows the prompt.
+    # text tokenized without special tokens. Outputs are what follows the prompt. Bundles whose encoder
+    # reads the prompt (Florence-2: Generation.prompt_target "encoder") take a task prompt instead,
+    # e.g. "<OD>" or "<CAPTION_TO_PHRASE_GROUNDING>a red car", or its encoder token ids.
     prompt_ids: Sequence[int] | None = None
     prompt: str | None = None
     bad_words_ids: Sequence[Sequence[int]] | None = None  # generate()'s: sequences never generated
@@ -81,7 +83,12 @@ class GenerationOptions:
         else:
             prompt = tuple(int(t) for t in pick("prompt_ids"))
         start = defaults.decoder_start_token_id
-        if defaults.prompt_includes_start and prompt:
+        encoder_input: tuple[int, ...] = ()
+        if defaults.prompt_target == "encoder":  # the encoder reads it; the decoder starts alone
+            if not prompt:
+                raise OptionsError("this model reads a task prompt in its encoder: give a prompt (e.g. '<CAPTION>')")
+            encoder_input, decoder_input = prompt, (start,)
+        elif defaults.prompt_includes_start and prompt:
             decoder_input = prompt
         else:  # generate() adds the start token unless the prompt already begins with it
             decoder_input = prompt if prompt and prompt[0] == start else (start, *prompt)
@@ -96,6 +103,7 @@ class GenerationOptions:
             num_return_sequences=int(pick("num_return_sequences")),
             decoder_start_token_id=start,
             decoder_input_ids=decoder_input,
+            encoder_input_ids=encoder_input,
             bad_words_ids=_bad_words(pick("bad_words_ids"), defaults.eos_token_ids),
             max_positions=max_positions,
             eos_token_ids=tuple(defaults.eos_token_ids),
@@ -124,6 +132,7 @@ class ResolvedOptions:
     forced_bos_token_id: int | None = None
     forced_eos_token_ids: tuple[int, ...] = ()
     decoder_input_ids: tuple[int, ...] = ()  # start token and prompt: what the decoder is fed first
+    encoder_input_ids: tuple[int, ...] = ()  # the prompt the encoder reads (Generation.prompt_target "encoder")
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     max_positions: int | None = None
     stopping: str | None = None  # one of edgecap.stopping.STOPPING_RULES, or None

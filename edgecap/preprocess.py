@@ -1,7 +1,8 @@
 """Image loading and preprocessing that reproduces Hugging Face's PIL ("slow") image processors.
 
-The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor`` or
-``DonutImageProcessor`` (``image_processing_pil_{vit,deit,donut}`` in transformers 5.x), so any
+The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor``,
+``CLIPImageProcessor`` (Florence-2's; the same resize-and-crop pipeline with CLIP's defaults) or
+``DonutImageProcessor`` (``image_processing_pil_{vit,deit,clip,donut}`` in transformers 5.x), so any
 difference here is silent accuracy loss.  Every step therefore mirrors the transformers code path
 op for op: PIL resize on uint8 pixels, integer center-crop offsets (with zero padding when the
 image is smaller than the crop), rescale computed in float64 then cast to float32, and normalize
@@ -65,10 +66,17 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                "do_center_crop": False, "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255,
                "do_normalize": True, "image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD,
                "do_crop_margin": True, "do_align_long_axis": False, "do_thumbnail": True, "do_pad": True},
+    # transformers/models/clip/image_processing_pil_clip.py (Florence-2's processor: its config sets
+    # size 768x768, no crop, ImageNet mean/std); the resize-and-crop pipeline of "vit"
+    "clip": {"do_resize": True, "size": {"shortest_edge": 224}, "resample": 3, "do_center_crop": True,
+             "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+             "do_normalize": True, "image_mean": (0.48145466, 0.4578275, 0.40821073),
+             "image_std": (0.26862954, 0.26130258, 0.27577711)},
 }
 _FAMILY = {
     f"{arch}{suffix}": family
-    for arch, family in (("ViT", "vit"), ("DeiT", "deit"), ("Donut", "donut"), ("Nougat", "nougat"))
+    for arch, family in (("ViT", "vit"), ("DeiT", "deit"), ("Donut", "donut"), ("Nougat", "nougat"),
+                                 ("CLIP", "clip"))
     for suffix in ("ImageProcessor", "ImageProcessorPil", "ImageProcessorFast", "FeatureExtractor")
 }
 # PreprocessSpec.kind: the ViT/DeiT resize-and-crop pipeline, or a document processor's page geometry
@@ -409,9 +417,12 @@ def preprocess_one(image: ImageSource, spec: PreprocessSpec, min_side: int | Non
     thinner than this many pixels (the Captioner passes the encoder's patch size). ``source``: the
     name for messages (default: the path, or ``<image>``).
     """
-    rgb = load_image(image)
+    return _pixels(load_image(image), spec, source or _source_name(image), min_side)
+
+
+def _pixels(rgb: Image.Image, spec: PreprocessSpec, source: str, min_side: int | None) -> np.ndarray:
     if spec.kind in DOCUMENT_KINDS:
-        pixels = document_geometry(rgb, spec, source or _source_name(image), min_side)
+        pixels = document_geometry(rgb, spec, source, min_side)
     else:
         if spec.do_resize:
             out_h, out_w = resize_hw(rgb.width, rgb.height, spec.size)
@@ -460,13 +471,24 @@ def image_list(images: object) -> list[ImageSource]:
 def preprocess(images: Sequence[ImageSource], spec: PreprocessSpec, min_side: int | None = None) -> np.ndarray:
     """A batch of images to a C-contiguous float32 ``[B, 3, H, W]`` array (``min_side``: see
     :func:`preprocess_one`)."""
+    return preprocess_sized(images, spec, min_side)[0]
+
+
+def preprocess_sized(images: Sequence[ImageSource], spec: PreprocessSpec,
+                     min_side: int | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`preprocess`, and each image's (width, height) as loaded (after EXIF rotation): the size in
+    which answers with locations (Florence-2's boxes) are given."""
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         raise TypeError("preprocess() takes a sequence of images; use preprocess_one() for a single image")
     if len(images) == 0:
         raise ValueError("preprocess() needs at least one image")
-    arrays = [preprocess_one(image, spec, min_side) for image in images]
+    arrays, sizes = [], []
+    for image in images:
+        rgb = load_image(image)
+        sizes.append((rgb.width, rgb.height))
+        arrays.append(_pixels(rgb, spec, _source_name(image), min_side))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images preprocess to different shapes {sorted(shapes)}; "
                          "enable resize to height/width, center crop or (Donut, Nougat) pad to batch them")
-    return np.stack(arrays)
+    return np.stack(arrays), sizes

@@ -30,6 +30,7 @@ from edgecap import manifest as mf
 from . import graphs, quantize, verify
 from .fused import build_fused_decoder_step
 from .fused_encoder import build_fused_encoder
+from .weights import Encoder, SwinEncoder
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,14 @@ def build_precision(prec: str, root: Path, enc, dec, with_attentions: bool, fuse
     is int8's when int8 is in the bundle)."""
     steps = ["decoder"] + (["decoder_attn"] if with_attentions else [])
     folder = root / prec
+    # Florence-2's encoder (DaViT + a BART encoder over image and prompt tokens) has no fused form yet
+    fused = fused and isinstance(enc, (Encoder, SwinEncoder))
     models: dict[Path, onnx.ModelProto] = {}
     enc_rel = fused_enc_rel = None
     if prec in graphs.BUILT_PRECISIONS:
         models[folder / "encoder.onnx"] = graphs.build_encoder(enc, dec, prec)[0]
         for name in steps:
-            models[folder / f"{name}.onnx"] = graphs.build_decoder_step(dec, enc.seq_len, prec,
+            models[folder / f"{name}.onnx"] = graphs.build_decoder_step(dec, enc.cross_seq, prec,
                                                                          attentions=name == "decoder_attn")[0]
         enc_rel = f"{prec}/encoder.onnx"
         if fused and prec in FUSED_PRECISIONS:

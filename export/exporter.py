@@ -27,7 +27,7 @@ from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
 from edgecap.preprocess import PreprocessSpec, preprocess
 
-from . import bundlegraphs, families, quantize, slowtokenizer, verify
+from . import bundlegraphs, families, family_florence2, quantize, slowtokenizer, verify
 from .evalimages import synthetic_images
 
 log = logging.getLogger(__name__)
@@ -106,21 +106,31 @@ def _tokenizer_help(model: str, why: str) -> str:
 
 
 def load_model(model: str):
-    """The model, its tokenizer and its image preprocessing (local directory or hub id).
+    """The model, its tokenizer, its image preprocessing and, for models that read their prompt in the
+    encoder (Florence-2), the processor that builds that prompt, else None (local directory or hub id).
 
     The image processor config is read and checked before any weights are loaded: a checkpoint
-    without one fails in a second, not after the weights."""
+    without one fails in a second, not after the weights (Florence-2's comes with its processor)."""
     from transformers import AutoConfig, AutoTokenizer, VisionEncoderDecoderModel
 
     _check_model_source(model)
+    family_florence2.check_layout(model)
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
         missing = not Path(model).exists()
         where = "directory not found, and the Hugging Face Hub did not provide it" if missing else "cannot read a model config"
         raise ExportError(f"{model}: {where} ({str(exc).splitlines()[0]})") from None
+    if family_florence2.is_florence2(config):
+        hf_model, tokenizer, proc_cfg, processor = family_florence2.load(model)
+        try:
+            spec = PreprocessSpec.from_hf_config(proc_cfg, transformers_major=_transformers_major())
+        except ValueError as exc:
+            raise ExportError(f"{model}: its processor's image processor: {exc}") from None
+        return hf_model, tokenizer, spec, processor
     if config.model_type != "vision-encoder-decoder":
-        raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder'")
+        raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder' "
+                                    "or 'florence2'")
     families.check_supported(config.encoder.model_type, config.decoder.model_type)
     spec = preprocess_spec(model)
     hf_model = VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager").eval()
@@ -133,7 +143,7 @@ def load_model(model: str):
             tokenizer = _from_vocab_txt(model, None, f"and none could be loaded ({str(exc).splitlines()[0]})")
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
         tokenizer = _from_vocab_txt(model, tokenizer, f"but it has only a slow {type(tokenizer).__name__}")
-    return hf_model, tokenizer, spec
+    return hf_model, tokenizer, spec, None
 
 
 def _from_vocab_txt(model: str, slow, why: str):
@@ -232,16 +242,17 @@ def preprocess_spec(model: str) -> PreprocessSpec:
 def generation_defaults(model, tokenizer) -> mf.Generation:
     """The model's generation config, reduced to what the runtime reproduces."""
     gen, cfg = model.generation_config, model.config
+    dec_cfg = cfg.decoder if hasattr(cfg, "decoder") else cfg.text_config  # Florence-2: its BART
 
     def first(*values):
         return next((v for v in values if v is not None), None)
 
-    start = first(gen.decoder_start_token_id, cfg.decoder_start_token_id, cfg.decoder.bos_token_id)
+    start = first(gen.decoder_start_token_id, getattr(cfg, "decoder_start_token_id", None), dec_cfg.bos_token_id)
     if start is None:
         raise ExportError("the model has no decoder_start_token_id (set it in its generation config)")
-    eos = first(gen.eos_token_id, cfg.decoder.eos_token_id, tokenizer.eos_token_id)
+    eos = first(gen.eos_token_id, dec_cfg.eos_token_id, tokenizer.eos_token_id)
     eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
-    pad = first(gen.pad_token_id, cfg.pad_token_id, cfg.decoder.pad_token_id)
+    pad = first(gen.pad_token_id, getattr(cfg, "pad_token_id", None), dec_cfg.pad_token_id)
     max_new = gen.max_new_tokens if gen.max_new_tokens is not None else (gen.max_length or 20) - 1
     min_new = max(gen.min_new_tokens or 0, (gen.min_length or 0) - 1, 0)
     ignored = [k for k in ("repetition_penalty", "suppress_tokens",
@@ -265,7 +276,7 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
         bad_words_ids=[[int(t) for t in seq] for seq in (getattr(gen, "bad_words_ids", None) or [])],
         # transformers' generate() keeps a Donut prompt as the whole decoder input (no start token
         # before it): the same rule, recorded so the runtime needs no family knowledge
-        prompt_includes_start="donut" in cfg.encoder.model_type,
+        prompt_includes_start="donut" in families.model_types(cfg)[0],
     )
 
 
@@ -324,9 +335,9 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     _check_options(options)
     out = Path(outdir)
     _check_outdir(out, options.force)
-    hf_model, tokenizer, spec = load_model(model)
+    hf_model, tokenizer, spec, processor = load_model(model)
     cfg = hf_model.config
-    enc, dec = families.extract(hf_model)
+    enc, dec = families.extract(hf_model, spec.output_hw)
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
     gen = generation_defaults(hf_model, tokenizer)
@@ -334,9 +345,18 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     if options.prompt and not encodes_text:
         raise ExportError(f"{model}: --prompt needs the model's own text encoding, and this checkpoint's tokenizer "
                           "was rebuilt from vocab.txt for decoding only; set prompt ids in its generation config")
-    if options.prompt:
+    florence, ref_model = None, hf_model
+    if processor is not None:  # Florence-2: the prompt is read by the encoder (family_florence2.py)
+        try:
+            florence, gen = family_florence2.prompts(processor, enc, gen, options.prompt)
+        except (ValueError, UnsupportedModelError) as exc:
+            raise ExportError(f"{model}: {exc}") from None
+        ref_model = family_florence2.PromptedModel(hf_model, gen.prompt_ids, enc.seq_len)
+    elif options.prompt:
         gen = mf.Generation(**{**gen.__dict__, "prompt_ids": _prompt_ids(model, tokenizer, options.prompt)})
     prompt_len = len(gen.prompt_ids) + (0 if gen.prompt_includes_start and gen.prompt_ids else 1)
+    if gen.prompt_target == "encoder":
+        prompt_len = 1  # the decoder starts from its start token alone
     if gen.max_new_tokens + prompt_len - 1 > dec.max_positions:
         gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - prompt_len + 1})
     verify_pixels = verify.random_images(spec, options.verify_images)
@@ -358,7 +378,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_dir(out)
     try:
-        log.info("building fp32 graphs for %s + %s", cfg.encoder.model_type, cfg.decoder.model_type)
+        enc_type, dec_type = families.model_types(cfg)
+        log.info("building fp32 graphs for %s + %s", enc_type, dec_type)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         pairs = {"fp32": _build_precision("fp32", tmp, enc, dec, options, set())}
         manifest = mf.Manifest(
@@ -367,8 +388,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             source=mf.Source(
                 model=str(model),
                 revision=getattr(cfg, "_commit_hash", None),
-                encoder_type=cfg.encoder.model_type,
-                decoder_type=cfg.decoder.model_type,
+                encoder_type=enc_type,
+                decoder_type=dec_type,
                 exporter=f"edgecap {edgecap.__version__}",
                 libraries=_library_versions(),
             ),
@@ -388,6 +409,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 encoder_grid=list(enc.grid),
                 encoder_prefix_tokens=enc.prefix_count,
                 encoder_patch_size=int(enc.patch),
+                encoder_prompt=florence is not None,
             ),
             preprocess=spec.to_dict(),
             generation=gen,
@@ -399,14 +421,15 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             ),
             graphs=pairs,
             files={},
+            florence2=florence,
         )
         _write_manifest(tmp, manifest)
         vgen = verify.bounded(gen, options.verify_steps)  # at most verify_steps tokens per image
-        torch_ref = verify.torch_greedy(hf_model, verify_pixels, vgen)
+        torch_ref = verify.torch_greedy(ref_model, verify_pixels, vgen)
         # both forms of the fp32 graphs are held to PyTorch: the fused ones (what the CPU runs) and the
         # plain ones (TensorRT's source, the reference); the manifest records the form the CPU runs
-        forms = [True, False] if options.fused else [False]
-        reports_fp32 = {fused: dataclasses.replace(verify.verify_fp32(hf_model, tmp, verify_pixels, vgen, torch_ref,
+        forms = [True, False] if pairs["fp32"].fused is not None else [False]
+        reports_fp32 = {fused: dataclasses.replace(verify.verify_fp32(ref_model, tmp, verify_pixels, vgen, torch_ref,
                                                                       options.max_logit_diff, fused=fused),
                                                    verified_steps=vgen.max_new_tokens) for fused in forms}
         report = reports_fp32[forms[0]]
@@ -422,7 +445,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                                   f"PyTorch ({problem}); no bundle written. If this model's logits are large, a looser "
                                   "--max-logit-diff may be right")
         reports = {"fp32": report}
-        if options.fused:
+        if len(forms) > 1:
             reports["fp32/plain"] = reports_fp32[False]
         refused: dict[str, str] = {}
         judge = verify.PrecisionJudge(tmp, eval_pixels, vgen, eval_source) if reduced else None
@@ -430,7 +453,7 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             log.info("building %s graphs", prec)
             pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs), calib_pixels)
             _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
-            rep = dataclasses.replace(judge.judge(hf_model, prec, verify_pixels, torch_ref),
+            rep = dataclasses.replace(judge.judge(ref_model, prec, verify_pixels, torch_ref),
                                       verified_steps=vgen.max_new_tokens)
             log.info("%s vs fp32: top-1 agreement %s on %d decisive of %d steps, mean KL %.2e nats; "
                      "captions equal %.1f%%; max logit difference to PyTorch %.2e", prec,

@@ -17,15 +17,19 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC = ("vit-gpt2-base",)
+SYNTHETIC = ("vit-gpt2-base", "florence2-base")
 
 
 def build_synthetic(name: str, out: Path, seed: int = 0) -> Path:
     """A random-weight checkpoint with a real model's geometry (no download).
 
     vit-gpt2-base: ViT-base/16-224 encoder + GPT-2-124M decoder (239 M parameters), the shape of
-    nlpconnect/vit-gpt2-image-captioning.
+    nlpconnect/vit-gpt2-image-captioning. florence2-base: Florence-2-base's (edgecap_export.synthetic).
     """
+    if name == "florence2-base":
+        from .synthetic import florence2_base
+
+        return florence2_base(out, seed)
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, PreTrainedTokenizerFast, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
@@ -72,11 +76,15 @@ def generate_runner(model, pixels: np.ndarray, num_beams: int, new_tokens: int) 
 
 
 class PytorchPeer:
-    """transformers `generate()` on the same checkpoint and pixels."""
+    """transformers `generate()` on the same checkpoint and pixels. A model whose encoder reads a prompt
+    (Florence-2) gets `encoder_prompt` = (the bundle's default prompt ids, image tokens): the task the
+    edgecap rows run, as the processor's input_ids (<image> placeholders, then the prompt). They come
+    from the bundle, not the processor: a peer environment on transformers 4.57 cannot read a
+    tokenizer config saved by 5.x, while it reads the model."""
 
     name = "pytorch"
 
-    def __init__(self, model_dir: str, threads: int | None) -> None:
+    def __init__(self, model_dir: str, threads: int | None, encoder_prompt: tuple[list[int], int] | None = None) -> None:
         import torch
         from transformers import VisionEncoderDecoderModel
 
@@ -84,7 +92,15 @@ class PytorchPeer:
             torch.set_num_threads(threads)
         self.torch = torch
         t0 = time.perf_counter()
-        self.model = VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+        if encoder_prompt is not None:
+            from transformers import Florence2ForConditionalGeneration
+
+            from .family_florence2 import PromptedModel
+
+            model = Florence2ForConditionalGeneration.from_pretrained(model_dir).eval()
+            self.model = PromptedModel(model, list(encoder_prompt[0]), int(encoder_prompt[1]))
+        else:
+            self.model = VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
         self.load_seconds = time.perf_counter() - t0
 
     def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:

@@ -110,7 +110,9 @@ def greedy_tokens(cap: Captioner, pixels: np.ndarray, gen: mf.Generation,
                   batch: int | None = None) -> list[tuple[int, ...]]:
     """Greedy tokens without the bundle's default prompt, at most gen.max_new_tokens (see `bounded`)."""
     batch = batch or images_per_call(pixels)
-    opts = GenerationOptions(num_beams=1, prompt_ids=(), max_new_tokens=gen.max_new_tokens,
+    # no decoder prompt (the reference generates without one); an encoder's prompt is the bundle's default
+    prompt = None if cap.generation_defaults.prompt_target == "encoder" else ()
+    opts = GenerationOptions(num_beams=1, prompt_ids=prompt, max_new_tokens=gen.max_new_tokens,
                              min_new_tokens=gen.min_new_tokens)
     out = []
     for i in range(0, len(pixels), batch):
@@ -318,7 +320,7 @@ def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> t
         recording = _RecordingDecoder(decoder, dec_feeds)
         for i in range(0, len(pixels), batch):
             chunk = np.ascontiguousarray(pixels[i : i + batch])
-            enc_feeds.append({mf.PIXEL_VALUES: chunk})
+            enc_feeds.append(cap.encoder_inputs(chunk))
             decoder.set_encoded(cap.encode(chunk))
             decoding.decode(recording, len(chunk), opts)
     return enc_feeds, dec_feeds

@@ -25,11 +25,17 @@ def form_id(case):
     return f"{case[0]}-{'plain' if case[1] is False else 'default'}"
 
 
-@pytest.fixture(scope="module", params=[("vit", "gpt2"), ("deit", "trocr"), ("donut-swin", "mbart")], ids=lambda p: "-".join(p))
+@pytest.fixture(scope="module", params=[("vit", "gpt2"), ("deit", "trocr"), ("donut-swin", "mbart"), ("florence2", "bart")],
+                ids=lambda p: "-".join(p))
 def bundle(request, tmp_path_factory):
     encoder, decoder = request.param
     root = tmp_path_factory.mktemp(f"inv-{encoder}-{decoder}")
-    ckpt = tiny.build(root / "ckpt", encoder, decoder)
+    if encoder == "florence2":  # DaViT + BART encoder reading the (default) task prompt, BART decoder
+        import tiny_florence2
+
+        ckpt = tiny_florence2.build(root / "ckpt")
+    else:
+        ckpt = tiny.build(root / "ckpt", encoder, decoder)
     return export(str(ckpt), root / "bundle", ExportOptions(precisions=SHIPPED, min_agreement=0.0))
 
 

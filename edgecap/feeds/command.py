@@ -21,8 +21,8 @@ from ..outputlock import OutputLock
 from ..progress import StatusLine, format_eta
 from ..signals import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, silence_stdout, whole_line
 from .output import (
-    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, write_atomic,
-    write_subtitles,
+    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, subtitle_text,
+    write_atomic, write_subtitles,
 )
 from .pipeline import FeedConfig, FeedListener, run_feed
 from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FrameCaption, expand_sources
@@ -218,7 +218,7 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
     extra = {"model": settings["model"], "precision": settings["precision"]}
     subtitles: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for r in done.values():
-        subtitles[r.source].append((r.pts, r.caption))
+        subtitles[r.source].append((r.pts, subtitle_text(r)))
     progress = Progress(sys.stderr, quiet=args.quiet)
     interrupted: KeyboardInterrupt | None = None
     closed = False
@@ -229,7 +229,7 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
                 append_all(fd, encode_records(batch, extra), sync=not to_stdout)
             progress.frames_written(batch)
             for r in batch:
-                subtitles[r.source].append((r.pts, r.caption))
+                subtitles[r.source].append((r.pts, subtitle_text(r)))
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated)
         interrupted = exc
     except BrokenPipeError:  # `edgecap feed ... --out - | head`: the reader is gone

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -42,6 +42,8 @@ class FrameCaption:
     score: float
     repeat: bool  # True: deduped, the caption is that of the source's last captioned frame
     confidence: float | None = None  # Caption.confidence: exp(mean token log-prob); None in older outputs
+    # Caption.parsed: the answer as a structure (Florence-2's boxes in the frame's pixels, Donut's JSON)
+    parsed: Any = None
 
 
 @dataclass(frozen=True)
