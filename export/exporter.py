@@ -428,10 +428,10 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         torch_ref = verify.torch_greedy(ref_model, verify_pixels, vgen)
         # both forms of the fp32 graphs are held to PyTorch: the fused ones (what the CPU runs) and the
         # plain ones (TensorRT's source, the reference); the manifest records the form the CPU runs
-        forms = [True, False] if pairs["fp32"].fused is not None else [False]
-        reports_fp32 = {fused: dataclasses.replace(verify.verify_fp32(ref_model, tmp, verify_pixels, vgen, torch_ref,
-                                                                      options.max_logit_diff, fused=fused),
-                                                   verified_steps=vgen.max_new_tokens) for fused in forms}
+        forms = (True, False) if pairs["fp32"].fused is not None else (False,)
+        reports_fp32 = {fused: dataclasses.replace(rep, verified_steps=vgen.max_new_tokens) for fused, rep in
+                        verify.verify_fp32(ref_model, tmp, verify_pixels, vgen, torch_ref, options.max_logit_diff,
+                                           forms).items()}
         report = reports_fp32[forms[0]]
         if len(forms) > 1:
             report = dataclasses.replace(report, plain=reports_fp32[False])
