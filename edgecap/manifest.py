@@ -287,6 +287,8 @@ class Verification:
     # fp32 of a bundle with fused graphs: this report is the fused graphs' (what the CPU runs), and this
     # is the plain graphs' (the reference, TensorRT's source), verified against PyTorch the same way
     plain: "Verification | None" = None
+    # int8: decoder projections kept in fp32 because int8 alone failed the gate (e.g. ["self.qkv"])
+    fp32_parts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

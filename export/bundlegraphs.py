@@ -86,9 +86,10 @@ def graph_spec(root: Path, rel: str) -> mf.GraphSpec:
 
 
 def build_precision(prec: str, root: Path, enc, dec, with_attentions: bool, fused: bool, int4_block_size: int,
-                    done: set[str], calib_pixels: np.ndarray | None = None) -> mf.GraphPair:
+                    done: set[str], calib_pixels: np.ndarray | None = None,
+                    fp32_parts: tuple[str, ...] = ()) -> mf.GraphPair:
     """Write one precision's graphs under root/<prec>/ and return their manifest entry (the int4 encoder
-    is int8's when int8 is in the bundle)."""
+    is int8's when int8 is in the bundle; `fp32_parts`: int8 decoder projections kept in fp32)."""
     steps = ["decoder"] + (["decoder_attn"] if with_attentions else [])
     folder = root / prec
     # Florence-2's encoder (DaViT + a BART encoder over image and prompt tokens) has no fused form yet
@@ -98,14 +99,14 @@ def build_precision(prec: str, root: Path, enc, dec, with_attentions: bool, fuse
     if prec in graphs.BUILT_PRECISIONS:
         models[folder / "encoder.onnx"] = graphs.build_encoder(enc, dec, prec)[0]
         for name in steps:
-            models[folder / f"{name}.onnx"] = graphs.build_decoder_step(dec, enc.cross_seq, prec,
-                                                                         attentions=name == "decoder_attn")[0]
+            models[folder / f"{name}.onnx"] = graphs.build_decoder_step(
+                dec, enc.cross_seq, prec, attentions=name == "decoder_attn", fp32_parts=fp32_parts)[0]
         enc_rel = f"{prec}/encoder.onnx"
         if fused and prec in FUSED_PRECISIONS:
             models[folder / "encoder.fused.onnx"] = build_fused_encoder(enc, dec, prec)[0]
             for name in steps:
                 models[folder / f"{name}.fused.onnx"] = build_fused_decoder_step(
-                    dec, enc.seq_len, prec, attentions=name == "decoder_attn")[0]
+                    dec, enc.cross_seq, prec, attentions=name == "decoder_attn", fp32_parts=fp32_parts)[0]
             fused_enc_rel = f"{prec}/encoder.fused.onnx"
     elif prec == "int8-qdq":  # ONNX Runtime's static quantizer writes its own files
         enc_feeds, dec_feeds = verify.calibration_feeds(root, calib_pixels)

@@ -29,6 +29,7 @@ from edgecap.preprocess import PreprocessSpec, preprocess
 
 from . import bundlegraphs, families, family_florence2, quantize, slowtokenizer, verify
 from .evalimages import synthetic_images
+from .graphbuilder import INT8_SENSITIVE_PARTS
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class ExportOptions:
     # also write each CPU precision's graphs with ONNX Runtime's fused operators (what the CPU runs by
     # default; export/bundlegraphs.py); False: the plain graphs only
     fused: bool = True
+    # an int8 that fails the quality gate is built and judged again with the self-attention's q/k/v in
+    # fp32 (graphbuilder.INT8_SENSITIVE_PARTS), and written that way if it then passes
+    int8_fallback: bool = True
+    int8_fp32_parts: tuple[str, ...] = ()  # int8 decoder projections always kept in fp32 (INT8_SENSITIVE_PARTS' names)
 
 
 def _library_versions() -> dict[str, str]:
@@ -324,9 +329,24 @@ def _check_options(options: ExportOptions) -> None:
 
 
 def _build_precision(prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str],
-                     calib_pixels: np.ndarray | None = None) -> mf.GraphPair:
+                     calib_pixels: np.ndarray | None = None, fp32_parts: tuple[str, ...] = ()) -> mf.GraphPair:
     return bundlegraphs.build_precision(prec, root, enc, dec, options.with_attentions, options.fused,
-                                        options.int4_block_size, done, calib_pixels)
+                                        options.int4_block_size, done, calib_pixels, fp32_parts)
+
+
+def _build_and_judge(prec, tmp, enc, dec, options, pairs, manifest, judge, ref_model, verify_pixels, torch_ref,
+                     calib_pixels, vgen, fp32_parts=()) -> mf.Verification:
+    """Write a reduced precision's graphs into the bundle being built and measure them against fp32."""
+    log.info("building %s graphs%s", prec, f" ({', '.join(fp32_parts)} in fp32)" if fp32_parts else "")
+    pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs) - {prec}, calib_pixels, fp32_parts)
+    _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
+    rep = dataclasses.replace(judge.judge(ref_model, prec, verify_pixels, torch_ref),
+                              verified_steps=vgen.max_new_tokens, fp32_parts=list(fp32_parts))
+    log.info("%s vs fp32: top-1 agreement %s on %d decisive of %d steps, mean KL %.2e nats; captions equal %.1f%%; "
+             "max logit difference to PyTorch %.2e", prec,
+             "-" if rep.decisive_agreement is None else f"{rep.decisive_agreement:.1%}", rep.decisive_steps, rep.steps,
+             rep.mean_kl, 100 * rep.caption_agreement, rep.max_logit_diff)
+    return rep
 
 
 def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None = None) -> Path:
@@ -450,16 +470,19 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         refused: dict[str, str] = {}
         judge = verify.PrecisionJudge(tmp, eval_pixels, vgen, eval_source) if reduced else None
         for prec in reduced:
-            log.info("building %s graphs", prec)
-            pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs), calib_pixels)
-            _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
-            rep = dataclasses.replace(judge.judge(ref_model, prec, verify_pixels, torch_ref),
-                                      verified_steps=vgen.max_new_tokens)
-            log.info("%s vs fp32: top-1 agreement %s on %d decisive of %d steps, mean KL %.2e nats; "
-                     "captions equal %.1f%%; max logit difference to PyTorch %.2e", prec,
-                     "-" if rep.decisive_agreement is None else f"{rep.decisive_agreement:.1%}",
-                     rep.decisive_steps, rep.steps, rep.mean_kl, 100 * rep.caption_agreement, rep.max_logit_diff)
+            rep = _build_and_judge(prec, tmp, enc, dec, options, pairs, manifest, judge, ref_model, verify_pixels,
+                                   torch_ref, calib_pixels, vgen, options.int8_fp32_parts if prec == "int8" else ())
             problem = _gate(rep, options.min_agreement)
+            if problem and prec == "int8" and options.int8_fallback and not options.int8_fp32_parts:
+                # keep the products int8 hurts most in fp32 (graphbuilder.INT8_SENSITIVE_PARTS) and judge again
+                log.info("int8 refused (%s); trying int8 with the self-attention's q/k/v in fp32", problem)
+                shutil.rmtree(tmp / prec, ignore_errors=True)
+                kept = _build_and_judge(prec, tmp, enc, dec, options, pairs, manifest, judge, ref_model, verify_pixels,
+                                        torch_ref, calib_pixels, vgen, INT8_SENSITIVE_PARTS)
+                if _gate(kept, options.min_agreement) is None:
+                    rep, problem = kept, None
+                else:
+                    problem += f"; with the self-attention's q/k/v in fp32: {_gate(kept, options.min_agreement)}"
             if problem:
                 log.warning("%s not written: %s", prec, problem)
                 refused[prec] = problem

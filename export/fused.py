@@ -38,13 +38,14 @@ def _add_norm(g: GraphBuilder, pre_norm: bool, a: str, x: str, bias, this_ln: tu
     return x, x
 
 
-def build_fused_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32",
-                             attentions: bool = False) -> tuple[onnx.ModelProto, list, list]:
+def build_fused_decoder_step(dec: Decoder, enc_seq: int | str, precision: str = "fp32", attentions: bool = False,
+                             fp32_parts: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, list, list]:
     """The fused decoder step (fp32 or int8); `attentions` adds cross_attention.i outputs as the plain
-    variant does (their probabilities computed apart, so the step's own kernels are untouched)."""
+    variant does (their probabilities computed apart, so the step's own kernels are untouched);
+    `fp32_parts` as in graphs.build_decoder_step."""
     if precision not in ("fp32", "int8"):
         raise ValueError(f"fused decoder steps are built in fp32 and int8, not {precision!r}")
-    g = GraphBuilder("edgecap_decoder_step_fused", precision, int8_form="per-row-fused")
+    g = GraphBuilder("edgecap_decoder_step_fused", precision, int8_form="per-row-fused", fp32_parts=fp32_parts)
     heads, head_dim, hidden = dec.num_heads, dec.head_dim, dec.hidden
     ids = g.input(mf.INPUT_IDS, "int64", ["batch", 1])
     step = g.input(mf.STEP, "int64", [1])

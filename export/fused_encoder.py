@@ -5,7 +5,8 @@ operator batch-invariant by construction (an image alone is always the same tens
 as ONNX Runtime's fused `DynamicQuantizeMatMul` (one kernel per projection, one activation scale for
 the tensor: here, for one image) instead of the plain graph's per-row quantization (about ten kernels
 per projection, each a pass over 197 x 3,072 activations in ViT-base). ViT/DeiT layers are
-SkipLayerNormalization + MultiHeadAttention + BiasGelu; Swin and Donut-Swin blocks keep their window
+SkipLayerNormalization + MultiHeadAttention + BiasGelu (document-sized inputs keep per-token int8
+scales, PER_IMAGE_INT8_MAX_TOKENS); Swin and Donut-Swin blocks keep their window
 attention and fuse the residual LayerNorm and the MLP's bias and activation. The outputs are every
 decoder layer's cross K/V as the fused decoder step takes them: [1, heads, S, head_dim], keys too.
 """
@@ -52,11 +53,25 @@ def _vit_fused(g: GraphBuilder, enc: Encoder, px: str) -> str:
     return x
 
 
+# Up to this many tokens per image, int8 products take one activation scale per image (ONNX Runtime's
+# fused DynamicQuantizeMatMul); beyond, one per token, as the plain graphs do. A scale per image
+# is as good as one per token at ViT sizes (the demo model's int8 agreed with fp32 on 699 of 699
+# decisive steps either way), but over a document page's tens of thousands of tokens it is coarse:
+# a Donut-shaped model at 640x480 (19,200 tokens in its first stage) kept 79.5 % of fp32's decisive
+# tokens with it and 85.4 % with per-token scales, its decoder in fp32 (bench/RESULTS.md).
+PER_IMAGE_INT8_MAX_TOKENS = 1024
+
+
+def encoder_int8_form(tokens: int) -> str:
+    return "per-image" if tokens <= PER_IMAGE_INT8_MAX_TOKENS else "per-row-fused"
+
+
 def build_fused_encoder(enc: Encoder | SwinEncoder, dec: Decoder, precision: str = "fp32") -> tuple[onnx.ModelProto, list, list]:
     """The fused encoder (fp32 or int8), one image per run, emitting the cross K/V the fused step reads."""
     if precision not in ("fp32", "int8"):
         raise ValueError(f"fused encoders are built in fp32 and int8, not {precision!r}")
-    g = GraphBuilder("edgecap_encoder_fused", precision, int8_form="per-image")
+    tokens = enc.seq_len if isinstance(enc, Encoder) else enc.stages[0].grid[0] * enc.stages[0].grid[1]
+    g = GraphBuilder("edgecap_encoder_fused", precision, int8_form=encoder_int8_form(tokens))
     h_img, w_img = enc.image_hw
     px = g.input(mf.PIXEL_VALUES, "float32", [1, enc.channels, h_img, w_img])
     x = swin_tokens(g, enc, px) if isinstance(enc, SwinEncoder) else _vit_fused(g, enc, px)

@@ -111,7 +111,8 @@ def decoder_embeddings(g: GraphBuilder, dec: Decoder, ids: str, step: str) -> tu
 
 
 def build_decoder_step(
-    dec: Decoder, enc_seq: int | str, precision: str = "fp32", attentions: bool = False
+    dec: Decoder, enc_seq: int | str, precision: str = "fp32", attentions: bool = False,
+    fp32_parts: tuple[str, ...] = (),
 ) -> tuple[onnx.ModelProto, list, list]:
     """One KV-cached decoder step over a fixed-length, masked self-attention cache.
 
@@ -120,8 +121,10 @@ def build_decoder_step(
     attentions: also output each layer's cross-attention probabilities of this step,
     cross_attention.i [B, heads, S] fp32 (the `--with-attentions` variant). The nodes are only
     added when asked, so the normal graph is byte for byte what it is without the option.
+
+    fp32_parts: int8 only, projections kept in fp32 (graphbuilder.INT8_SENSITIVE_PARTS).
     """
-    g = GraphBuilder("edgecap_decoder_step", precision)
+    g = GraphBuilder("edgecap_decoder_step", precision, fp32_parts=fp32_parts)
     heads, head_dim, hidden = dec.num_heads, dec.head_dim, dec.hidden
     kv = g.kv_dtype
     ids = g.input(mf.INPUT_IDS, "int64", ["batch", 1])

@@ -68,3 +68,22 @@ def test_export_option_ranges(tmp_path, capsys, flag, value, message):
     ckpt = tiny.build(tmp_path / "ckpt", "vit", "gpt2")
     assert main(["export", str(ckpt), str(tmp_path / "out"), flag, value]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_int8_that_fails_the_gate_is_judged_again_with_attention_projections_in_fp32(tmp_path):
+    """A decisive Donut-shaped model whose int8 decoder loses agreement in the self-attention's q/k/v:
+    export retries int8 with those products in fp32 and writes it if that passes the gate."""
+    from edgecap_export.graphbuilder import INT8_SENSITIVE_PARTS
+
+    ckpt = docmodels.donut_like(tmp_path / "ckpt", init_std=0.3)
+    agreement = {}
+    for parts in ((), INT8_SENSITIVE_PARTS):
+        out = export(str(ckpt), tmp_path / f"probe{len(parts)}", ExportOptions(
+            precisions=("fp32", "int8"), min_agreement=0.0, verify_images=1, int8_fp32_parts=parts))
+        agreement[parts] = mf.Manifest.from_json((out / "manifest.json").read_text()).verification["int8"].decisive_agreement
+    assert agreement[INT8_SENSITIVE_PARTS] > agreement[()], agreement
+    threshold = (agreement[()] + agreement[INT8_SENSITIVE_PARTS]) / 2
+    bundle = export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32", "int8"), min_agreement=threshold,
+                                                                  verify_images=1))
+    v = mf.Manifest.from_json((bundle / "manifest.json").read_text()).verification["int8"]
+    assert v.fp32_parts == list(INT8_SENSITIVE_PARTS) and v.decisive_agreement >= threshold
