@@ -14,10 +14,10 @@ an odd-sized input to whole windows the map is stretched over the image, off by 
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import EdgecapError
+from .fileio import safe_filename, write_atomic
 from .manifest import Architecture
 from .preprocess import ImageSource, PreprocessSpec, load_image
 
@@ -219,7 +220,7 @@ class AttentionMapWriter:
         self._used: set[str] = set()
 
     def write(self, captioner: "Captioner", name: str, image: ImageSource, caption: "Caption") -> Path:
-        stem = re.sub(r"[^\w.-]+", "_", Path(name).stem) or "image"
+        stem = safe_filename(os.path.splitext(os.path.basename(name))[0], default="image")
         candidate, n = stem, 1
         while candidate in self._used:
             n += 1
@@ -227,8 +228,10 @@ class AttentionMapWriter:
         self._used.add(candidate)
         path = self.out_dir / f"{candidate}.png"
         strip, _ = caption_strip(captioner, image, caption)
+        png = io.BytesIO()
+        strip.save(png, format="PNG")
         try:
-            strip.save(path)
+            write_atomic(path, png.getvalue())  # a link planted at `path` is replaced, never followed
         except OSError as exc:
             raise EdgecapError(f"{path}: cannot write the attention map ({exc.strerror or exc})") from None
         return path

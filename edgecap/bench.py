@@ -11,6 +11,7 @@ own environment (--peer-python, see bench/README.md). A peer that cannot run is 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from .benchpeers import PEERS, engine_specs, first_line, load_peer, peer_python,
 from .cliargs import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .errors import EdgecapError
 from .extras import install_command
+from .fileio import write_atomic
 from .options import GenerationOptions
 
 log = logging.getLogger("edgecap.bench")
@@ -326,7 +328,9 @@ def plot(rows: list[Row], path: str) -> None:
         ax.set_xticklabels(labels, fontsize=7)
     fig.suptitle(f"edgecap-bench ({rows[0].new_tokens} new tokens)" if rows else "edgecap-bench")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format="png")
+    write_atomic(path, png.getvalue())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,7 +359,7 @@ def _run(args, argv: list[str]) -> int:
     manifest = load_bundle(bundle, verify_checksums=False).manifest
     if args.engine:  # child process
         rows = run_engine(args, args.engine, bundle, ckpt, json.loads(args.floors))
-        Path(args.rows_out).write_text(json.dumps([asdict(r) for r in rows]))
+        write_atomic(args.rows_out, json.dumps([asdict(r) for r in rows]).encode())
         return EXIT_OK
     precisions = [p for p in args.precision.split(",") if p]
     floors = measure_floors(args.threads, "cpu", tuple(precisions), tuple(b * k for b, k in _cases(args)))
@@ -383,7 +387,7 @@ def _run(args, argv: list[str]) -> int:
             "model": {"bundle": str(bundle), "source": manifest.source.model, "architecture": asdict(manifest.architecture)},
             "rows": [asdict(r) for r in rows],
         }
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_atomic(args.json, json.dumps(result, indent=2).encode())
     if args.plot:
         plot([r for r in rows if not r.error], args.plot)
     return EXIT_INPUT_FAILED if any(r.error for r in rows) else EXIT_OK

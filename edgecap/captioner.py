@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import decoding
 from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
 from .bundle import Bundle, load_bundle
+from .bundlecheck import check_tokenizer
 from .errors import BundleError, OptionsError
+from .manifest import PIXEL_VALUES
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
-from .preprocess import ImageSource, PreprocessSpec, preprocess
+from .preprocess import ImageSource, PreprocessSpec, image_list, preprocess
+from .resources import available_memory, decoding_state_bytes
 from .text import Detokenizer
 
 log = logging.getLogger(__name__)
@@ -51,17 +56,83 @@ class Caption:
         return decoding.confidence(self.token_scores)
 
 
+def _preprocess_spec(bundle: Bundle, precision: str) -> PreprocessSpec:
+    """The bundle's preprocessing, checked against the encoder graph's input size."""
+    where = f"{bundle.path / 'manifest.json'}: preprocess"
+    try:
+        spec = PreprocessSpec.from_dict(bundle.manifest.preprocess)
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    pixels = next((t for t in bundle.graphs(precision).encoder.inputs if t.name == PIXEL_VALUES), None)
+    try:
+        out_hw = spec.output_hw
+    except ValueError:  # a size that depends on the image: nothing to compare
+        return spec
+    if pixels is not None and all(isinstance(d, int) for d in pixels.shape[2:]) and tuple(pixels.shape[2:]) != out_hw:
+        raise BundleError(f"{where}: makes {out_hw[0]}x{out_hw[1]} images but the {precision} encoder takes "
+                          f"{pixels.shape[2]}x{pixels.shape[3]}")
+    return spec
+
+
 def default_bundle_dir() -> Path | None:
     """The demo bundle shipped with edgecap (package data), or None if this install has none."""
     here = Path(__file__).resolve().parent / "data" / "demo-bundle"
     return here if (here / "manifest.json").is_file() else None
 
 
+class DecoderStatePool:
+    """Decoder states for concurrent calls: each call takes one, uses it alone, and gives it back.
+
+    A state is what a caption writes while it decodes (the KV cache buffers, the IO binding, the
+    logits buffer); the ONNX Runtime session it runs is shared, as ONNX Runtime intends (`Run` is
+    thread-safe; one session per model, not per thread). A call takes a free state or makes a new one,
+    so N threads hold at most N states, each sized for its last caption; with `limit` (GPU backends:
+    their one device-resident cache) callers wait for a free one instead.
+    """
+
+    def __init__(self, factory: Callable[[], object], limit: int | None = None) -> None:
+        self._factory = factory
+        self._free: list[object] = []
+        self._made = 0
+        self._limit = limit
+        self._ready = threading.Condition()
+
+    @contextmanager
+    def take(self) -> Iterator:
+        with self._ready:
+            while not self._free and self._limit is not None and self._made >= self._limit:
+                self._ready.wait()
+            state = self._free.pop() if self._free else None
+            if state is None:
+                self._made += 1
+        if state is None:
+            try:
+                state = self._factory()
+            except BaseException:
+                with self._ready:
+                    self._made -= 1
+                    self._ready.notify()
+                raise
+        try:
+            yield state
+        finally:
+            with self._ready:
+                self._free.append(state)
+                self._ready.notify()
+
+    @property
+    def size(self) -> int:
+        """States made so far (the most calls that ran at once)."""
+        return self._made
+
+
 class Captioner:
     """Loads a bundle once and captions images with it.
 
-    One Captioner holds one decoder cache: use it from one thread at a time (one per thread, or a
-    lock). The ONNX Runtime sessions themselves are thread-safe.
+    Safe to share between threads: every call decodes with a decoder state of its own (KV cache,
+    IO binding) taken from a pool, over ONNX Runtime sessions that all calls share (README,
+    "Concurrency and safety"). GPU backends keep one device-resident cache, so their calls take
+    turns.
 
     Args:
         bundle_dir: bundle directory (from `edgecap export`); None = the bundled demo model.
@@ -80,6 +151,8 @@ class Captioner:
         verify_checksums: bool = True,
     ) -> None:
         t0 = time.perf_counter()
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096):
+            raise OptionsError(f"threads must be an integer from 1 to 4096 (or None: all cores), got {threads!r}")
         if bundle_dir is None:
             bundle_dir = default_bundle_dir()
             if bundle_dir is None:
@@ -91,17 +164,15 @@ class Captioner:
         self.precision = precision or self._pick_precision(bundle)
         self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
         man = self.bundle.manifest
-        try:
-            self.preprocess_spec = PreprocessSpec.from_dict(man.preprocess)
-        except ValueError as exc:
-            raise BundleError(f"{self.bundle.path / 'manifest.json'}: preprocess: {exc}") from None
+        self.preprocess_spec = _preprocess_spec(self.bundle, self.precision)
         if self.backend == "cpu":
-            self._encoder, self._decoder = self._cpu_models(threads)
+            self._encoder, self._decoders = self._cpu_models(threads)
         else:  # device-resident encoder outputs and KV cache (edgecap/gpu, docs/gpu.md)
             from .gpu import create_models
 
             try:
-                self._encoder, self._decoder = create_models(self.bundle, self.precision, self.backend)
+                self._encoder, decoder = create_models(self.bundle, self.precision, self.backend)
+                self._decoders = DecoderStatePool(lambda: decoder, limit=1)
             except Exception as exc:
                 if (backend or "auto") != "auto":
                     raise
@@ -111,18 +182,29 @@ class Captioner:
                 self.backend = "cpu"
                 self.precision = precision or self._pick_precision(self.bundle)
                 self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
-                self._encoder, self._decoder = self._cpu_models(threads)
+                self._encoder, self._decoders = self._cpu_models(threads)
         self.detokenize = Detokenizer(self.bundle.file(man.tokenizer.file), man.tokenizer)
+        check_tokenizer(self.detokenize.tokenizer, man, str(self.bundle.file(man.tokenizer.file)))
         self._threads, self._verify_checksums = threads, verify_checksums
-        self._attention_decoder: OrtStepDecoder | None = None  # loaded on the first output_attentions=True
+        self._attention_decoders: DecoderStatePool | None = None  # loaded on the first output_attentions=True
+        self._attention_lock = threading.Lock()
+        self._encode_lock = None if self.backend == "cpu" else threading.Lock()
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
 
-    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, OrtStepDecoder]:
+    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, DecoderStatePool]:
         pair = self.bundle.graphs(self.precision)
         encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", SessionOptions(threads, spin=False)))
-        decoder = create_session(self.bundle, pair.decoder, "cpu", SessionOptions(threads))
-        return encoder, OrtStepDecoder(decoder, self.bundle.manifest.architecture, pair.decoder)
+        session = create_session(self.bundle, pair.decoder, "cpu", SessionOptions(threads))
+        arch = self.bundle.manifest.architecture
+        return encoder, DecoderStatePool(lambda: OrtStepDecoder(session, arch, pair.decoder))
+
+    @contextmanager
+    def step_decoder(self) -> Iterator[decoding.StepModel]:
+        """A decoder state of this captioner's own, for driving the step graph directly (export's
+        verification does): `set_encoded`, `begin`, `step`, `reorder`. Yours alone until the block ends."""
+        with self._decoders.take() as decoder:
+            yield decoder
 
     def _pick_precision(self, bundle: Bundle) -> str:
         prefs = _PRECISION_PREFERENCE.get(self.backend)
@@ -156,7 +238,11 @@ class Captioner:
 
     def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """Run the encoder: per decoder layer, the cross-attention K and V of each image."""
-        return self._encoder(np.ascontiguousarray(pixel_values, dtype=np.float32))
+        pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        if self._encode_lock is None:  # ONNX Runtime CPU sessions run concurrent calls safely
+            return self._encoder(pixels)
+        with self._encode_lock:  # a TensorRT encoder reuses its input buffer and execution context
+            return self._encoder(pixels)
 
     def decode(
         self,
@@ -170,36 +256,44 @@ class Captioner:
         (with their cross-attentions when `output_attentions`, see `caption`)."""
         opts = self.resolve_options(options)
         batch = next(iter(encoded.values())).shape[0]
-        decoder = self._attention_model(attention_layer, attention_heads) if output_attentions else self._decoder
-        decoder.set_encoded(encoded)
-        return decoding.decode(decoder, batch, opts, attentions=output_attentions)
+        self.check_memory(batch, opts)
+        pool = self._attention_model(attention_layer, attention_heads) if output_attentions else self._decoders
+        with pool.take() as decoder:
+            if output_attentions:
+                decoder.attention_layer = attention_layer % self.bundle.manifest.architecture.decoder_layers
+                decoder.attention_heads = attention_heads
+            decoder.set_encoded(encoded)
+            return decoding.decode(decoder, batch, opts, attentions=output_attentions)
 
-    def _attention_model(self, layer: int, heads: str) -> OrtStepDecoder:
-        """The attention-emitting decoder step, loaded on first use (the normal one stays as it is),
-        set to return `layer`'s cross-attention with `heads` "mean" or "all"."""
+    def _attention_model(self, layer: int, heads: str) -> DecoderStatePool:
+        """The attention-emitting decoder step's states, loaded on first use (the normal step stays as
+        it is); checks that `layer` and `heads` ("mean" or "all") can be asked of it."""
         layers = self.bundle.manifest.architecture.decoder_layers
         if heads not in ("mean", "all"):
             raise OptionsError(f"attention_heads must be 'mean' or 'all', got {heads!r}")
         if isinstance(layer, bool) or not isinstance(layer, int) or not -layers <= layer < layers:
             raise OptionsError(f"attention_layer must be an integer in [{-layers}, {layers - 1}] "
                                f"(this decoder has {layers} layers), got {layer!r}")
-        if self._attention_decoder is None:
-            if self.backend != "cpu":
-                raise OptionsError(f"attention maps run on the cpu backend only, not {self.backend}; "
-                                   "use Captioner(..., backend='cpu') (--backend cpu)")
-            graph = self.bundle.graphs(self.precision).decoder_attentions
-            if graph is None:
-                raise OptionsError(
-                    f"{self.bundle.path}: its {self.precision} graphs have no attention-emitting decoder step; "
-                    "re-export the model with `edgecap export MODEL OUTDIR --with-attentions` "
-                    "(ExportOptions(with_attentions=True)) to get cross-attention maps")
-            if self._verify_checksums:
-                self.bundle.verify_files([graph.file])  # loaded late: checked late
-            session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads))
-            self._attention_decoder = OrtStepDecoder(session, self.bundle.manifest.architecture, graph)
-        self._attention_decoder.attention_layer = layer % layers
-        self._attention_decoder.attention_heads = heads
-        return self._attention_decoder
+        with self._attention_lock:  # two threads asking first must not load it twice
+            if self._attention_decoders is None:
+                self._attention_decoders = self._load_attention_model()
+        return self._attention_decoders
+
+    def _load_attention_model(self) -> DecoderStatePool:
+        if self.backend != "cpu":
+            raise OptionsError(f"attention maps run on the cpu backend only, not {self.backend}; "
+                               "use Captioner(..., backend='cpu') (--backend cpu)")
+        graph = self.bundle.graphs(self.precision).decoder_attentions
+        if graph is None:
+            raise OptionsError(
+                f"{self.bundle.path}: its {self.precision} graphs have no attention-emitting decoder step; "
+                "re-export the model with `edgecap export MODEL OUTDIR --with-attentions` "
+                "(ExportOptions(with_attentions=True)) to get cross-attention maps")
+        if self._verify_checksums:
+            self.bundle.verify_files([graph.file])  # loaded late: checked late
+        session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads))
+        arch = self.bundle.manifest.architecture
+        return DecoderStatePool(lambda: OrtStepDecoder(session, arch, graph))
 
     def resolve_options(self, options: GenerationOptions | None = None) -> ResolvedOptions:
         """Options with the bundle's defaults filled in, checked against this model (OptionsError,
@@ -211,10 +305,29 @@ class Captioner:
         bad = [t for seq in (*opts.bad_words_ids, opts.decoder_input_ids) for t in seq if t >= arch.vocab_size]
         if bad:
             raise OptionsError(f"token id(s) {sorted(set(bad))[:5]} are beyond this model's vocabulary of {arch.vocab_size}")
+        if opts.num_beams > arch.vocab_size:
+            raise OptionsError(f"num_beams {opts.num_beams} is more than this model's vocabulary of {arch.vocab_size} "
+                               "tokens (each beam needs a distinct token to continue)")
         return opts
+
+    def check_memory(self, images: int, opts: ResolvedOptions) -> None:
+        """Refuse (OptionsError, before any allocation) a decode whose state would not fit in the memory
+        this machine has available: images x num_beams rows, each with its KV cache and scores."""
+        need = decoding_state_bytes(self.bundle.manifest.architecture, images * opts.num_beams,
+                                    opts.prompt_len + opts.max_new_tokens, self.precision == "fp16")
+        available = available_memory()
+        if available is not None and need > 0.8 * available:
+            raise OptionsError(
+                f"num_beams {opts.num_beams} x {images} image(s) with max_new_tokens {opts.max_new_tokens} needs about "
+                f"{need / 1e9:.1f} GB of decoder state, more than this machine can spare ({available / 1e9:.1f} GB "
+                "available); lower num_beams, max_new_tokens or the batch size")
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of `text` without special tokens (how a text prompt is fed)."""
+        if not self.bundle.manifest.tokenizer.encodes_text:
+            raise OptionsError(f"{self.bundle.path}: this bundle's tokenizer was rebuilt from the checkpoint's vocab.txt "
+                               "(a slow tokenizer with no fast class); it decodes as the model's own but cannot encode "
+                               "a text prompt the same way: give the prompt as token ids (prompt_ids, --prompt-ids)")
         return self.detokenize.tokenizer.encode(text, add_special_tokens=False).ids
 
     # --- all together -------------------------------------------------------------------------
@@ -244,15 +357,16 @@ class Captioner:
         unknown = sorted(set(generation_kwargs) - set(OPTION_NAMES))
         if unknown:
             raise OptionsError(f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(OPTION_NAMES)}")
-        if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
-            images = [images]
+        images = image_list(images)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise OptionsError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         opts = (options or GenerationOptions()).merged(**generation_kwargs)
-        self.resolve_options(opts)  # fail on bad options before any work
+        resolved = self.resolve_options(opts)  # fail on bad options before any work
+        self.check_memory(min(batch_size, max(1, len(images))), resolved)
         if output_attentions:
             self._attention_model(attention_layer, attention_heads)
         out: list[Caption] = []
-        images = list(images)
-        for start in range(0, len(images), max(1, batch_size)):
+        for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             hyps = self.decode(self.encode(self.preprocess(chunk)), opts, output_attentions, attention_layer,
                                attention_heads)

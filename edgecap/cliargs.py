@@ -15,7 +15,8 @@ EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 
 EXIT_CODES_HELP = (
     "exit codes: 0 ok; 1 some inputs failed (the others were still processed); 2 usage, bundle or "
     "export error; 3 internal error (a bug: rerun with --debug and report the traceback); "
-    "130 interrupted (finished work is kept)"
+    "130 interrupted by Ctrl-C, 143 terminated by SIGTERM (both stop between output lines; finished work is kept); "
+    "141 the output pipe was closed (e.g. by | head)"
 )
 
 
@@ -54,18 +55,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", metavar="B", default="auto",
                    help="auto, cpu, cuda, ort-tensorrt or tensorrt (default: auto: built TensorRT engines, "
                    "else ONNX Runtime CUDA, else CPU)")
-    g.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
+    g.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads, >= 1 (default: all cores)")
 
 
 def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -> None:
     """generate()'s options; `alternatives` adds --num-return-sequences (for commands that print them)."""
     g = p.add_argument_group("generation (names as in transformers generate(); default: the bundle's generation config)")
-    g.add_argument("--num-beams", "--beams", type=int, dest="num_beams", metavar="N", help="beam width; 1 = greedy")
-    g.add_argument("--max-new-tokens", type=int, metavar="N", help="longest output, in tokens")
-    g.add_argument("--min-new-tokens", type=int, metavar="N", help="shortest output, in tokens")
+    g.add_argument("--num-beams", "--beams", type=int, dest="num_beams", metavar="N", help="beam width, 1 (greedy) up to the vocabulary size; refused when the decoder "
+                   "state (images x beams rows) would not fit in the memory available")
+    g.add_argument("--max-new-tokens", type=int, metavar="N", help="longest output, in tokens (1 up to the decoder's positions less the prompt)")
+    g.add_argument("--min-new-tokens", type=int, metavar="N", help="shortest output, in tokens (>= 0)")
     g.add_argument("--length-penalty", type=float, metavar="X",
                    help="beam search: scores are divided by length**X (>0 favours longer outputs)")
-    g.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="forbid repeating n-grams of this size")
+    g.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="forbid repeating n-grams of this size (0 = off)")
     g.add_argument("--early-stopping", type=parse_early_stopping, metavar="{true,false,never}",
                    help="beam search: when to stop (as in generate())")
     prompt = g.add_mutually_exclusive_group()
@@ -74,13 +76,13 @@ def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -
                         "'<s_cord-v2>' or '<s_docvqa><s_question>what is the total?</s_question><s_answer>'); "
                         "outputs are what follows it")
     prompt.add_argument("--prompt-ids", type=parse_ids, metavar="IDS",
-                        help="decoder prompt as token ids, e.g. 57579,57580 (fed after the decoder start token, "
-                        "as generate(decoder_input_ids=...))")
+                        help="decoder prompt as token ids in [0, vocabulary), e.g. 57579,57580 (fed after the "
+                        "decoder start token, as generate(decoder_input_ids=...))")
     g.add_argument("--bad-words-ids", type=parse_id_lists, metavar="JSON",
                    help="token sequences never to generate, e.g. '[[3], [17, 42]]' (default: the bundle's)")
     if alternatives:
         g.add_argument("--num-return-sequences", type=int, metavar="N",
-                       help="beam search: also report the N-1 next-best outputs")
+                       help="beam search: also report the N-1 next-best outputs (1 up to --num-beams)")
 
 
 def generation_options(args: argparse.Namespace) -> GenerationOptions:

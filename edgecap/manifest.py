@@ -163,6 +163,9 @@ class TokenizerSpec:
     file: str
     skip_special_tokens: bool
     clean_up_tokenization_spaces: bool
+    # False: rebuilt from a slow tokenizer's vocab.txt (manga-ocr): it decodes as the model's own, but
+    # would not encode text the same way, so text prompts are refused (token-id prompts work)
+    encodes_text: bool = True
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,11 @@ class Verification:
     mean_kl: float | None = None
     decisive_margin: float | None = None
     eval_images: str | None = None  # "user" (--eval-images) or "synthetic" (export's default images)
+    # fp32 only, measured when max_logit_diff exceeded the absolute tolerance: on the image that differed
+    # most, PyTorch fp32's own max logit error against PyTorch in float64, and the graphs' error against it
+    fp64_pytorch_error: float | None = None
+    fp64_error: float | None = None
+    verified_steps: int | None = None  # tokens decoded per image at most (export's --verify-steps)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
+
+import numpy as np
 
 from .errors import OptionsError
 from .manifest import Generation
@@ -27,6 +30,26 @@ class GenerationOptions:
     prompt: str | None = None
     bad_words_ids: Sequence[Sequence[int]] | None = None  # generate()'s: sequences never generated
 
+    def check_types(self) -> None:
+        """Each given option has the type generate() takes (a float beam count or a string length is a
+        mistake, not something to round): OptionsError naming it."""
+        for name, kind in _OPTION_TYPES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            ok = {
+                "int": isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+                and math.isfinite(value),
+                "early": value is True or value is False or (isinstance(value, str) and value == "never"),
+                "str": isinstance(value, str),
+                "ids": isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+                and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in value),
+                "id_lists": isinstance(value, Sequence) and not isinstance(value, (str, bytes)),
+            }[kind]
+            if not ok:
+                raise OptionsError(f"{name} must be {_TYPE_WORDS[kind]}, got {value!r}")
+
     def merged(self, **overrides) -> "GenerationOptions":
         """A copy with the non-None `overrides` applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -38,6 +61,8 @@ class GenerationOptions:
         def pick(name: str):
             value = getattr(self, name)
             return getattr(defaults, name) if value is None else value
+
+        self.check_types()
 
         if self.prompt is not None and self.prompt_ids is not None:
             raise OptionsError("give prompt or prompt_ids, not both")
@@ -104,6 +129,9 @@ class ResolvedOptions:
     def check(self) -> None:
         if self.num_beams < 1:
             raise OptionsError(f"num_beams must be >= 1, got {self.num_beams}")
+        negative = [t for t in self.decoder_input_ids if t < 0]
+        if negative:
+            raise OptionsError(f"prompt_ids: token ids must be >= 0, got {negative[0]}")
         if self.max_new_tokens < 1:
             raise OptionsError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.min_new_tokens < 0:
@@ -142,3 +170,10 @@ def _bad_words(value, eos_ids: Sequence[int]) -> tuple[tuple[int, ...], ...]:
 
 
 OPTION_NAMES = tuple(f.name for f in fields(GenerationOptions))
+_OPTION_TYPES = {
+    "num_beams": "int", "max_new_tokens": "int", "min_new_tokens": "int", "length_penalty": "float",
+    "no_repeat_ngram_size": "int", "early_stopping": "early", "num_return_sequences": "int", "prompt_ids": "ids",
+    "prompt": "str", "bad_words_ids": "id_lists",
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a finite number", "early": "True, False or \"never\"",
+               "str": "a string", "ids": "a list of integer token ids", "id_lists": "a list of lists of token ids"}

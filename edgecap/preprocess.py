@@ -29,6 +29,7 @@ Deviations from transformers (deliberate, see :func:`to_rgb` and :func:`load_ima
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import warnings
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 ImageSource = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
 
 IMAGENET_STANDARD = (0.5, 0.5, 0.5)
+MAX_SIDE = 1 << 15  # an encoder input side beyond this is a corrupt config, not a model
 # Class-level defaults of the transformers processors, used for keys a config omits
 # (transformers/models/{vit,deit}/image_processing_pil_*.py and BaseImageProcessor).
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -145,6 +147,15 @@ class PreprocessSpec:
             raise ValueError(f"resample must be a PIL resampling code 0..5, got {self.resample!r}")
         if self.do_normalize and any(s == 0 for s in self.image_std):
             raise ValueError(f"image_std must not contain 0, got {self.image_std}")
+        numbers = {"rescale_factor": (self.rescale_factor,), "image_mean": self.image_mean, "image_std": self.image_std}
+        for name, values in numbers.items():
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be finite, got {values if len(values) > 1 else values[0]!r}")
+        if self.do_rescale and self.rescale_factor <= 0:
+            raise ValueError(f"rescale_factor must be positive, got {self.rescale_factor}")
+        for name, sizes in (("size", self.size), ("crop_size", self.crop_size or {})):
+            if any(v > MAX_SIDE for v in sizes.values()):
+                raise ValueError(f"{name} values must be at most {MAX_SIDE} pixels, got {sizes}")
 
     @property
     def output_hw(self) -> tuple[int, int]:
@@ -331,7 +342,7 @@ def load_image(source: ImageSource) -> Image.Image:
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
         return to_rgb(_load_path(source))
-    raise TypeError(f"expected a path, PIL image or numpy array, got {type(source).__name__}")
+    raise TypeError(_type_problem(source))
 
 
 def _resize_hw(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
@@ -434,6 +445,32 @@ def preprocess_one(image: ImageSource, spec: PreprocessSpec) -> np.ndarray:
         std = np.array(spec.image_std, dtype=pixels.dtype)
         pixels = (pixels - mean) / std
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+
+
+ACCEPTED = "a path (str or os.PathLike), a PIL.Image.Image or an HxWx3 uint8 numpy array"
+
+
+def _type_problem(item: object) -> str:
+    hint = ""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        hint = "; for encoded image bytes pass PIL.Image.open(io.BytesIO(data))"
+    elif hasattr(item, "read"):
+        hint = "; for an open file pass PIL.Image.open(file)"
+    return f"images must be {ACCEPTED}, or a list of them; got {type(item).__name__}{hint}"
+
+
+def image_list(images: object) -> list[ImageSource]:
+    """One image or a sequence of them, as a list; TypeError naming the accepted types otherwise."""
+    if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
+        return [images]
+    if images is None or isinstance(images, (bytes, bytearray, memoryview, dict)) or hasattr(images, "read") \
+            or not hasattr(images, "__iter__"):
+        raise TypeError(_type_problem(images))
+    out = list(images)
+    for item in out:
+        if not isinstance(item, (str, os.PathLike, np.ndarray, Image.Image)):
+            raise TypeError(_type_problem(item))
+    return out
 
 
 def preprocess(images: Sequence[ImageSource], spec: PreprocessSpec) -> np.ndarray:

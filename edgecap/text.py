@@ -8,6 +8,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
+from .bundlecheck import check_json_bounds
 from .errors import BundleError
 from .manifest import TokenizerSpec
 
@@ -33,7 +34,12 @@ class Detokenizer:
 
     def __init__(self, path: Path, spec: TokenizerSpec) -> None:
         try:
-            self.tokenizer = Tokenizer.from_file(str(path))
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        check_json_bounds(data, "tokenizer", str(path))
+        try:
+            self.tokenizer = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as exc:  # tokenizers raises a plain Exception with a serde message
             raise BundleError(f"{path}: not a valid tokenizers JSON file ({str(exc).splitlines()[0]})") from None
         self.spec = spec

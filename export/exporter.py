@@ -6,8 +6,10 @@ itself, and only then moved into place: a failed verification leaves no bundle b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -25,7 +27,7 @@ from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
 from edgecap.preprocess import PreprocessSpec, preprocess
 
-from . import families, graphs, quantize, verify
+from . import families, graphs, quantize, slowtokenizer, verify
 from .evalimages import synthetic_images
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,11 @@ class PartialExportError(ExportError):
 class ExportOptions:
     precisions: tuple[str, ...] = ("fp32", "int8")
     verify_images: int = 4  # random inputs used to check the fp32 graphs against PyTorch
-    max_logit_diff: float = 1e-3  # fp32 graphs must match PyTorch this closely
+    # fp32 graphs must match PyTorch this closely, or be no noisier than PyTorch fp32 itself against
+    # float64 (verify.fp32_problem)
+    max_logit_diff: float = 1e-3
+    # tokens decoded per image when verifying and judging precisions (0: the model's max_new_tokens)
+    verify_steps: int = verify.VERIFY_STEPS
     min_token_agreement: float = 1.0  # fp32: greedy tokens must all be equal
     # reduced precisions: teacher-forced top-1 agreement with fp32 on decisive steps
     # (manifest.Verification), else the precision is not written
@@ -114,14 +120,26 @@ def load_model(model: str):
     families.repair_loaded(hf_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, or ImportError (a slow class's MeCab)
         tokenizer = _plain_fast_tokenizer(Path(model))
         if tokenizer is None:
-            raise ExportError(_tokenizer_help(model, f"and none could be loaded ({str(exc).splitlines()[0]})")) from None
+            tokenizer = _from_vocab_txt(model, None, f"and none could be loaded ({str(exc).splitlines()[0]})")
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise ExportError(_tokenizer_help(model, f"but it has only a slow {type(tokenizer).__name__}"))
+        tokenizer = _from_vocab_txt(model, tokenizer, f"but it has only a slow {type(tokenizer).__name__}")
     proc_cfg = _read_processor_config(model)
     return hf_model, tokenizer, proc_cfg
+
+
+def _from_vocab_txt(model: str, slow, why: str):
+    """A fast tokenizer built from the checkpoint's vocab.txt (manga-ocr's BertJapaneseTokenizer has no
+    fast class), checked to decode as `slow` does; ExportError when there is no vocab.txt or it differs."""
+    try:
+        fast = slowtokenizer.fast_from_slow(Path(model), slow)
+    except ValueError as exc:
+        raise ExportError(f"{model}: {exc}") from None
+    if fast is None:
+        raise ExportError(_tokenizer_help(model, why))
+    return fast
 
 
 def _plain_fast_tokenizer(model_dir: Path):
@@ -223,10 +241,16 @@ def _graph_spec(root: Path, rel: str) -> mf.GraphSpec:
     return mf.GraphSpec(rel, specs(model.graph.input), specs(model.graph.output))
 
 
-def _check_precisions(precisions: tuple[str, ...]) -> None:
-    unknown = [p for p in precisions if p not in quantize.PRECISIONS]
+def _check_options(options: ExportOptions) -> None:
+    unknown = [p for p in options.precisions if p not in quantize.PRECISIONS]
     if unknown:
         raise ExportError(f"unknown precision(s) {', '.join(unknown)}; available: {', '.join(quantize.PRECISIONS)}")
+    if not (options.max_logit_diff > 0 and math.isfinite(options.max_logit_diff)):
+        raise ExportError(f"--max-logit-diff must be a positive number, got {options.max_logit_diff}")
+    if options.verify_steps < 0:
+        raise ExportError(f"--verify-steps must be >= 0 (0: every token), got {options.verify_steps}")
+    if options.verify_images < 1:
+        raise ExportError(f"--verify-images must be >= 1, got {options.verify_images}")
 
 
 def _build_precision(
@@ -266,7 +290,7 @@ def _build_precision(
 def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None = None) -> Path:
     """Export, verify and write a bundle; returns its path. Raises ExportError/UnsupportedModelError."""
     options = options or ExportOptions()
-    _check_precisions(options.precisions)
+    _check_options(options)
     out = Path(outdir)
     _check_outdir(out, options.force)
     hf_model, tokenizer, proc_cfg = load_model(model)
@@ -279,6 +303,10 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
     gen = generation_defaults(hf_model, tokenizer)
+    encodes_text = not getattr(tokenizer, "edgecap_decode_only", False)
+    if options.prompt and not encodes_text:
+        raise ExportError(f"{model}: --prompt needs the model's own text encoding, and this checkpoint's tokenizer "
+                          "was rebuilt from vocab.txt for decoding only; set prompt ids in its generation config")
     if options.prompt:
         ids = tokenizer(options.prompt, add_special_tokens=False)["input_ids"]
         unknown = [t for t in ids if t == tokenizer.unk_token_id]
@@ -343,28 +371,34 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 file="tokenizer.json",
                 skip_special_tokens=True,
                 clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)),
+                encodes_text=encodes_text,
             ),
             graphs=pairs,
             files={},
         )
         _write_manifest(tmp, manifest)
-        torch_ref = verify.torch_greedy(hf_model, verify_pixels, gen)
-        report = verify.verify_fp32(hf_model, tmp, verify_pixels, gen, torch_ref)
-        log.info("fp32 vs PyTorch: max logit difference %.2e, token agreement %.1f%%",
-                 report.max_logit_diff, 100 * report.token_agreement)
-        if report.max_logit_diff > options.max_logit_diff or report.token_agreement < options.min_token_agreement:
-            raise ExportError(
-                f"verification failed: fp32 graphs differ from PyTorch (max logit difference "
-                f"{report.max_logit_diff:.2e}, token agreement {report.token_agreement:.1%}); no bundle written"
-            )
+        vgen = verify.bounded(gen, options.verify_steps)  # at most verify_steps tokens per image
+        torch_ref = verify.torch_greedy(hf_model, verify_pixels, vgen)
+        report = verify.verify_fp32(hf_model, tmp, verify_pixels, vgen, torch_ref, options.max_logit_diff)
+        report = dataclasses.replace(report, verified_steps=vgen.max_new_tokens)
+        log.info("fp32 vs PyTorch (%d images, up to %d tokens each): max logit difference %.2e, token agreement "
+                 "%.1f%%%s", len(verify_pixels), vgen.max_new_tokens, report.max_logit_diff,
+                 100 * report.token_agreement,
+                 "" if report.fp64_error is None else f"; against float64: edgecap {report.fp64_error:.2e}, "
+                 f"PyTorch fp32 {report.fp64_pytorch_error:.2e}")
+        problem = verify.fp32_problem(report, options.max_logit_diff, options.min_token_agreement)
+        if problem:
+            raise ExportError(f"verification failed: the fp32 graphs differ from PyTorch ({problem}); no bundle "
+                              "written. If this model's logits are large, a looser --max-logit-diff may be right")
         reports = {"fp32": report}
         refused: dict[str, str] = {}
-        judge = verify.PrecisionJudge(tmp, eval_pixels, gen, eval_source) if reduced else None
+        judge = verify.PrecisionJudge(tmp, eval_pixels, vgen, eval_source) if reduced else None
         for prec in reduced:
             log.info("building %s graphs", prec)
             pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs), calib_pixels)
             _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
-            rep = judge.judge(hf_model, prec, verify_pixels, torch_ref)
+            rep = dataclasses.replace(judge.judge(hf_model, prec, verify_pixels, torch_ref),
+                                      verified_steps=vgen.max_new_tokens)
             log.info("%s vs fp32: top-1 agreement %s on %d decisive of %d steps, mean KL %.2e nats; "
                      "captions equal %.1f%%; max logit difference to PyTorch %.2e", prec,
                      "-" if rep.decisive_agreement is None else f"{rep.decisive_agreement:.1%}",

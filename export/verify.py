@@ -7,6 +7,7 @@ what users will run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edgecap import Captioner, GenerationOptions
+from edgecap import Captioner, GenerationOptions, decoding
 from edgecap import manifest as mf
 from edgecap.decoding import log_softmax
 from edgecap.preprocess import PreprocessSpec, preprocess
@@ -42,6 +43,19 @@ def _cut(tokens: list[int], eos: set[int]) -> list[int]:
         if t in eos:
             return tokens[: i + 1]
     return tokens
+
+
+# Verification decodes at most this many tokens per image (ExportOptions.verify_steps): past the self-
+# attention cache's growth from 16 to 32 to 64 slots, which is where a cache bug would show, while a
+# Donut or Nougat export no longer decodes thousands of positions per image (issue 19: 8.5 to 24 min).
+VERIFY_STEPS = 48
+
+
+def bounded(gen: mf.Generation, steps: int | None) -> mf.Generation:
+    """The generation defaults with max_new_tokens (and min_new_tokens) cut to `steps` (None/0: as is)."""
+    if not steps or gen.max_new_tokens <= steps:
+        return gen
+    return mf.Generation(**{**gen.__dict__, "max_new_tokens": steps, "min_new_tokens": min(gen.min_new_tokens, steps)})
 
 
 def torch_greedy(hf_model, pixels: np.ndarray, gen: mf.Generation) -> list[list[int]]:
@@ -92,43 +106,122 @@ def images_per_call(pixels: np.ndarray, most: int = 8) -> int:
     return max(1, min(most, (8 * 3 * 384 * 384) // max(1, per_image)))
 
 
-def greedy_tokens(cap: Captioner, pixels: np.ndarray, batch: int | None = None) -> list[tuple[int, ...]]:
+def greedy_tokens(cap: Captioner, pixels: np.ndarray, gen: mf.Generation,
+                  batch: int | None = None) -> list[tuple[int, ...]]:
+    """Greedy tokens without the bundle's default prompt, at most gen.max_new_tokens (see `bounded`)."""
     batch = batch or images_per_call(pixels)
+    opts = GenerationOptions(num_beams=1, prompt_ids=(), max_new_tokens=gen.max_new_tokens,
+                             min_new_tokens=gen.min_new_tokens)
     out = []
     for i in range(0, len(pixels), batch):
-        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), GenerationOptions(num_beams=1, prompt_ids=()))]
+        out += [h[0].token_ids for h in cap.decode(cap.encode(pixels[i : i + batch]), opts)]
     return out
+
+
+def _teacher_forced_inputs(ref: list[list[int]], gen: mf.Generation) -> tuple[np.ndarray, int]:
+    steps = max(len(r) for r in ref)
+    seqs = np.full((len(ref), steps + 1), gen.pad_token_id or 0, dtype=np.int64)
+    seqs[:, 0] = gen.decoder_start_token_id
+    for i, r in enumerate(ref):
+        seqs[i, 1 : 1 + len(r)] = r
+    return seqs, steps
+
+
+def torch_logits(hf_model, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> np.ndarray:
+    """PyTorch's logits [images, steps, vocab] teacher-forced along `ref`, in the model's own dtype
+    (float64 for a `.double()` copy), as float64."""
+    seqs, steps = _teacher_forced_inputs(ref, gen)
+    dtype = next(hf_model.parameters()).dtype
+    with torch.no_grad():
+        return hf_model(pixel_values=torch.from_numpy(pixels).to(dtype),
+                        decoder_input_ids=torch.from_numpy(seqs[:, :steps])).logits.double().numpy()
+
+
+def logit_diffs(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation,
+                reference: np.ndarray | None = None) -> np.ndarray:
+    """Per image, the largest |logit| difference between the graphs and PyTorch (or `reference`,
+    logits [images, steps, vocab]), teacher-forced along PyTorch's greedy tokens `ref`."""
+    seqs, steps = _teacher_forced_inputs(ref, gen)
+    expected = torch_logits(hf_model, pixels, ref, gen) if reference is None else reference
+    worst = np.zeros(len(ref))
+    with cap.step_decoder() as decoder:
+        decoder.set_encoded(cap.encode(pixels))
+        decoder.begin(np.arange(len(ref)), steps)
+        for t in range(steps):
+            logits = decoder.step(seqs[:, t], t)
+            for i, r in enumerate(ref):
+                if t < len(r):  # positions after a row's eos are padding that generate() never feeds
+                    worst[i] = max(worst[i], float(np.abs(logits[i] - expected[i, t]).max()))
+    return worst
 
 
 def max_logit_diff(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> float:
     """Largest |logit| difference to PyTorch, teacher-forced along PyTorch's greedy tokens."""
-    count = len(ref)
-    steps = max(len(r) for r in ref)
-    seqs = np.full((count, steps + 1), gen.pad_token_id or 0, dtype=np.int64)
-    seqs[:, 0] = gen.decoder_start_token_id
+    return float(logit_diffs(hf_model, cap, pixels, ref, gen).max())
+
+
+@dataclass(frozen=True)
+class Fp64Check:
+    """fp32 noise measured against a float64 copy of the model on one image."""
+
+    pytorch_error: float  # PyTorch fp32 vs PyTorch float64: the model's own fp32 noise
+    edgecap_error: float  # edgecap fp32 graphs vs PyTorch float64
+
+
+def fp64_check(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> Fp64Check:
+    """Both fp32 implementations against PyTorch in float64, teacher-forced along `ref` (one image:
+    a float64 forward costs a few times an fp32 one)."""
+    import copy
+
+    reference = torch_logits(copy.deepcopy(hf_model).double(), pixels, ref, gen)
+    fp32 = torch_logits(hf_model, pixels, ref, gen)
+    pytorch_error = 0.0
     for i, r in enumerate(ref):
-        seqs[i, 1 : 1 + len(r)] = r
-    with torch.no_grad():
-        torch_logits = hf_model(
-            pixel_values=torch.from_numpy(pixels), decoder_input_ids=torch.from_numpy(seqs[:, :steps])
-        ).logits.float().numpy()
-    decoder = cap._decoder
-    decoder.set_encoded(cap.encode(pixels))
-    decoder.begin(np.arange(count), steps)
-    worst = 0.0
-    for t in range(steps):
-        logits = decoder.step(seqs[:, t], t)
-        for i, r in enumerate(ref):
-            if t < len(r):  # positions after a row's eos are padding that generate() never feeds
-                worst = max(worst, float(np.abs(logits[i] - torch_logits[i, t]).max()))
-    return worst
+        pytorch_error = max(pytorch_error, float(np.abs(fp32[i, : len(r)] - reference[i, : len(r)]).max()))
+    ours = float(logit_diffs(hf_model, cap, pixels, ref, gen, reference=reference).max())
+    return Fp64Check(pytorch_error, ours)
 
 
-def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]]) -> mf.Verification:
-    """fp32 graphs against PyTorch; `ref` = torch_greedy(hf_model, pixels, gen)."""
+# Where the logits differ from PyTorch's by more than the absolute tolerance, the graphs still pass if,
+# against PyTorch in float64, their error is at most this many times PyTorch's own fp32 error: no
+# stricter with edgecap than PyTorch is with itself (issue 19: a Donut-shaped model with init std 0.2
+# differs by 2.5e-2 from PyTorch fp32, whose own error against float64 is 6.7e-2). Two fp32
+# implementations summing in different orders differ in their *maximum* error by a few times either
+# way (measured: 0.6x on that model, 3.2x on a 384-wide one with equal tokens), while a real graph
+# bug is orders of magnitude beyond fp32 noise and changes tokens; hence 4, not 1.
+NOISE_FACTOR = 4.0
+
+
+def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]],
+                tolerance: float) -> mf.Verification:
+    """fp32 graphs against PyTorch; `ref` = torch_greedy(hf_model, pixels, gen). Beyond `tolerance`,
+    both are also measured against float64 on the image that differs most (`fp32_problem` judges)."""
     cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
-    tok, capt = agreement(greedy_tokens(cap, pixels), ref)
-    return mf.Verification("pytorch", len(pixels), max_logit_diff(hf_model, cap, pixels, ref, gen), tok, capt)
+    tok, capt = agreement(greedy_tokens(cap, pixels, gen), ref)
+    diffs = logit_diffs(hf_model, cap, pixels, ref, gen)
+    report = mf.Verification("pytorch", len(pixels), float(diffs.max()), tok, capt)
+    if report.max_logit_diff > tolerance:
+        worst = int(np.argmax(diffs))
+        check = fp64_check(hf_model, cap, pixels[worst : worst + 1], ref[worst : worst + 1], gen)
+        report = dataclasses.replace(report, fp64_pytorch_error=check.pytorch_error, fp64_error=check.edgecap_error)
+    return report
+
+
+def fp32_problem(report: mf.Verification, tolerance: float, min_token_agreement: float = 1.0) -> str | None:
+    """Why the fp32 graphs are refused, or None: greedy tokens must agree, and the logits must be within
+    `tolerance` of PyTorch's or, against float64, within NOISE_FACTOR x PyTorch's own fp32 error."""
+    if report.token_agreement < min_token_agreement:
+        return f"greedy tokens agree with PyTorch's on {report.token_agreement:.1%} of positions"
+    if report.max_logit_diff <= tolerance:
+        return None
+    if report.fp64_error is not None and report.fp64_pytorch_error is not None:
+        allowed = max(tolerance, NOISE_FACTOR * report.fp64_pytorch_error)
+        if report.fp64_error <= allowed:
+            return None
+        return (f"max logit difference {report.max_logit_diff:.2e} > --max-logit-diff {tolerance:g}, and against "
+                f"float64 their error {report.fp64_error:.2e} is more than {NOISE_FACTOR:g}x PyTorch's own fp32 "
+                f"error {report.fp64_pytorch_error:.2e}")
+    return f"max logit difference {report.max_logit_diff:.2e} > --max-logit-diff {tolerance:g}"
 
 
 @dataclass(frozen=True)
@@ -148,28 +241,30 @@ def teacher_forced(
     batch = batch or images_per_call(pixels)
     agree = decisive = steps = 0
     kl_sum = 0.0
-    for i in range(0, len(pixels), batch):
-        chunk, toks = pixels[i : i + batch], [list(t) for t in ref_tokens[i : i + batch]]
-        n, length = len(chunk), max((len(t) for t in toks), default=0)
-        if length == 0:
-            continue
-        for c in (ref, cap):
-            c._decoder.set_encoded(c.encode(chunk))
-            c._decoder.begin(np.arange(n), length)
-        for t in range(length):
-            feed = np.array([start if t == 0 else (row[t - 1] if t - 1 < len(row) else start) for row in toks], np.int64)
-            lp_ref = log_softmax(ref._decoder.step(feed, t))
-            lp_cap = log_softmax(cap._decoder.step(feed, t))
-            for r, row in enumerate(toks):
-                if t >= len(row):
-                    continue
-                p = np.exp(lp_ref[r].astype(np.float64))
-                kl_sum += float(np.sum(p * (lp_ref[r].astype(np.float64) - lp_cap[r].astype(np.float64))))
-                steps += 1
-                top2 = np.partition(lp_ref[r], -2)[-2:]
-                if top2[1] - top2[0] >= margin:
-                    decisive += 1
-                    agree += int(np.argmax(lp_cap[r]) == np.argmax(lp_ref[r]))
+    with ref.step_decoder() as ref_decoder, cap.step_decoder() as cap_decoder:
+        for i in range(0, len(pixels), batch):
+            chunk, toks = pixels[i : i + batch], [list(t) for t in ref_tokens[i : i + batch]]
+            n, length = len(chunk), max((len(t) for t in toks), default=0)
+            if length == 0:
+                continue
+            for c, d in ((ref, ref_decoder), (cap, cap_decoder)):
+                d.set_encoded(c.encode(chunk))
+                d.begin(np.arange(n), length)
+            for t in range(length):
+                feed = np.array([start if t == 0 else (row[t - 1] if t - 1 < len(row) else start) for row in toks],
+                                np.int64)
+                lp_ref = log_softmax(ref_decoder.step(feed, t))
+                lp_cap = log_softmax(cap_decoder.step(feed, t))
+                for r, row in enumerate(toks):
+                    if t >= len(row):
+                        continue
+                    p = np.exp(lp_ref[r].astype(np.float64))
+                    kl_sum += float(np.sum(p * (lp_ref[r].astype(np.float64) - lp_cap[r].astype(np.float64))))
+                    steps += 1
+                    top2 = np.partition(lp_ref[r], -2)[-2:]
+                    if top2[1] - top2[0] >= margin:
+                        decisive += 1
+                        agree += int(np.argmax(lp_cap[r]) == np.argmax(lp_ref[r]))
     return TeacherForced(agree / decisive if decisive else None, decisive, steps, kl_sum / max(1, steps))
 
 
@@ -179,11 +274,11 @@ class PrecisionJudge:
     def __init__(self, bundle_dir: Path, eval_pixels: np.ndarray, gen: mf.Generation, eval_source: str) -> None:
         self.bundle_dir, self.eval_pixels, self.gen, self.eval_source = bundle_dir, eval_pixels, gen, eval_source
         self.fp32 = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
-        self.ref = greedy_tokens(self.fp32, eval_pixels)
+        self.ref = greedy_tokens(self.fp32, eval_pixels, gen)
 
     def judge(self, hf_model, precision: str, verify_pixels: np.ndarray, torch_ref: list[list[int]]) -> mf.Verification:
         cap = Captioner(self.bundle_dir, precision=precision, backend="cpu", verify_checksums=False)
-        tok, capt = agreement(greedy_tokens(cap, self.eval_pixels), self.ref)
+        tok, capt = agreement(greedy_tokens(cap, self.eval_pixels, self.gen), self.ref)
         tf = teacher_forced(self.fp32, cap, self.eval_pixels, self.ref, self.gen.decoder_start_token_id)
         diff = max_logit_diff(hf_model, cap, verify_pixels, torch_ref, self.gen)
         return mf.Verification(
@@ -197,20 +292,30 @@ def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> t
     """(encoder feeds, decoder-step feeds) recorded while the fp32 graphs caption `pixels`."""
     cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
     enc_feeds, dec_feeds = [], []
-    decoder = cap._decoder
-    real_step = decoder.step
-
-    def recording_step(tokens, step):
-        logits = real_step(tokens, step)  # sets decoder._feeds for this step, then runs it
-        dec_feeds.append({k: np.array(v, copy=True) for k, v in decoder._feeds.items()})
-        return logits
-
-    decoder.step = recording_step
-    try:
+    opts = cap.resolve_options(GenerationOptions(num_beams=1))
+    with cap.step_decoder() as decoder:
+        recording = _RecordingDecoder(decoder, dec_feeds)
         for i in range(0, len(pixels), batch):
             chunk = np.ascontiguousarray(pixels[i : i + batch])
             enc_feeds.append({mf.PIXEL_VALUES: chunk})
-            cap.decode(cap.encode(chunk), GenerationOptions(num_beams=1))
-    finally:
-        decoder.step = real_step
+            decoder.set_encoded(cap.encode(chunk))
+            decoding.decode(recording, len(chunk), opts)
     return enc_feeds, dec_feeds
+
+
+class _RecordingDecoder:
+    """A decoder state that also keeps a copy of every step's graph inputs (calibration feeds)."""
+
+    def __init__(self, decoder, feeds: list[dict]) -> None:
+        self.decoder, self.feeds = decoder, feeds
+
+    def begin(self, rows: np.ndarray, max_steps: int) -> None:
+        self.decoder.begin(rows, max_steps)
+
+    def step(self, tokens: np.ndarray, step: int) -> np.ndarray:
+        logits = self.decoder.step(tokens, step)  # binds this step's inputs (decoder._feeds), then runs
+        self.feeds.append({k: np.array(v, copy=True) for k, v in self.decoder._feeds.items()})
+        return logits
+
+    def reorder(self, src_rows: np.ndarray) -> None:
+        self.decoder.reorder(src_rows)

@@ -9,6 +9,8 @@ graph that leaves the normal one byte for byte as it was.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import math
 from pathlib import Path
 
@@ -145,7 +147,7 @@ def test_the_normal_step_is_unchanged_and_the_variant_only_adds_outputs(export_a
     # captioning without attentions never loads the variant
     cap = Captioner(bundle, precision="fp32")
     cap.caption(np.zeros((32, 32, 3), np.uint8))
-    assert cap._attention_decoder is None
+    assert cap._attention_decoders is None
 
 
 def test_every_precision_has_its_variant(export_attn, sample_images):
@@ -241,3 +243,23 @@ def test_attention_maps_png_has_one_overlay_per_token(demo_attn, tmp_path, capsy
         assert np.corrcoef(panel.mean(axis=-1).ravel(), plain.mean(axis=-1).ravel())[0, 1] > 0.3, f"panel {k}: no image"
     # the tokens looked at different places: the panels are not one picture repeated
     assert len({p.tobytes() for p in panels}) > len(panels) // 2
+
+
+def test_attention_maps_replace_planted_links_and_take_any_input_name(tmp_path, capsys):
+    """Issue 18: a symlink planted in DIR was followed (its target overwritten), and inputs named
+    `..png` / `...png` crashed the writer and lost the rest of the run."""
+    maps, odd, victim = tmp_path / "maps", tmp_path / "odd", tmp_path / "victim.txt"
+    maps.mkdir()
+    odd.mkdir()
+    victim.write_text("keep me")
+    os.symlink(victim, maps / "scene_00000.png")
+    names = ["..png", "...png", "a\nb.png", ".hidden.png"]
+    for name in names:
+        shutil.copy(DEMO_IMAGE, odd / name)
+    rc = main(["caption", str(DEMO_IMAGE), *[str(odd / n) for n in names], "--attention-maps", str(maps)])
+    assert rc == 0, capsys.readouterr().err
+    assert victim.read_text() == "keep me"
+    written = sorted(maps.iterdir())
+    assert len(written) == 1 + len(names) and all(p.parent == maps and p.is_file() and not p.is_symlink()
+                                                  for p in written)
+    assert not any(p.name.startswith(".") for p in written)

@@ -121,8 +121,8 @@ def test_signature_mismatch(bundle):
     """A manifest whose declared graph inputs differ from the graph itself is refused."""
 
     def fn(d):
-        d["graphs"]["fp32"]["decoder"]["inputs"][0]["name"] = "tokens"
+        d["graphs"]["fp32"]["decoder"]["inputs"][0]["dtype"] = "float16"
 
     edit_manifest(bundle, fn)
-    with pytest.raises(BundleError, match="graph inputs differ from the manifest"):
+    with pytest.raises(BundleError, match="input input_ids is int64.* in the graph but float16"):
         Captioner(bundle, precision="fp32")

@@ -24,6 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 from edgecap import Captioner, manifest as mf
 from edgecap.backends import SessionOptions, create_session, resolve_backend
 from edgecap.bundle import load_bundle
+from edgecap.captioner import DecoderStatePool
 from edgecap.cli import main
 from edgecap.errors import BundleError, EdgecapError
 from edgecap.gpu import cudart, engines as eng, select
@@ -210,7 +211,7 @@ def _sessions(bundle):
 def _reference_and_swapped(bundle, encoder, decoder):
     ref = Captioner(bundle.path, precision="fp32", backend="cpu", threads=1)
     dev = Captioner(bundle.path, precision="fp32", backend="cpu", threads=1)
-    dev._encoder, dev._decoder = encoder, decoder
+    dev._encoder, dev._decoders = encoder, DecoderStatePool(lambda: decoder, limit=1)
     return ref, dev
 
 

@@ -68,16 +68,16 @@ def test_a_beam_row_does_not_see_the_other_rows(bundle, images, precision):
     """Decoder-step level: 2 images x 3 beams fed different tokens; each row's logits equal those of
     the same row decoded alone (its image, one beam, the same tokens)."""
     cap = Captioner(bundle, precision=precision)
-    dec = cap._decoder
     encoded = cap.encode(cap.preprocess(images[:2]))
     steps, vocab = 4, cap.bundle.manifest.architecture.vocab_size
     tokens = np.random.default_rng(0).integers(3, vocab, size=(6, steps))
-    dec.set_encoded(encoded)
-    dec.begin(np.repeat(np.arange(2), 3), steps)
-    together = [dec.step(tokens[:, t], t) for t in range(steps)]
-    for row in range(6):
-        dec.set_encoded({k: v[row // 3 : row // 3 + 1] for k, v in encoded.items()})
-        dec.begin(np.arange(1), steps)
-        for t in range(steps):
-            alone = dec.step(tokens[row : row + 1, t], t)
-            np.testing.assert_array_equal(alone[0], together[t][row], err_msg=f"row {row} step {t}")
+    with cap.step_decoder() as dec:
+        dec.set_encoded(encoded)
+        dec.begin(np.repeat(np.arange(2), 3), steps)
+        together = [dec.step(tokens[:, t], t) for t in range(steps)]
+        for row in range(6):
+            dec.set_encoded({k: v[row // 3 : row // 3 + 1] for k, v in encoded.items()})
+            dec.begin(np.arange(1), steps)
+            for t in range(steps):
+                alone = dec.step(tokens[row : row + 1, t], t)
+                np.testing.assert_array_equal(alone[0], together[t][row], err_msg=f"row {row} step {t}")

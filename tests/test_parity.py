@@ -270,14 +270,15 @@ def test_long_outputs_grow_the_cache_in_buckets(export_tiny, sample_images):
     check_parity(ckpt, bundle, sample_images, num_beams=3, max_new_tokens=40, min_new_tokens=36)
     cap = Captioner(bundle, precision="fp32")
     seen = []
-    step = cap._decoder.step
+    with cap.step_decoder() as decoder:  # the state the next call takes: a single thread reuses it
+        step = decoder.step
 
-    def spy(tokens, t):
-        out = step(tokens, t)
-        seen.append((t, cap._decoder._keys[0].shape[-1]))
-        return out
+        def spy(tokens, t):
+            out = step(tokens, t)
+            seen.append((t, decoder._keys[0].shape[-1]))
+            return out
 
-    cap._decoder.step = spy
+        decoder.step = spy
     cap.caption(sample_images[:1], max_new_tokens=40, min_new_tokens=40)
     sizes = dict(seen)
     assert sizes[10] == 16 and sizes[20] == 32 and sizes[39] == 40

@@ -312,7 +312,9 @@ def test_without_ray_exit_2_naming_the_extra(tmp_path, archive):
     res = subprocess.run([sys.executable, "-c", NO_RAY, "feed", str(archive / "cam1" / "clip.mp4"), "--out",
                           str(tmp_path / "o"), "--ray"], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res.stderr
-    assert res.stderr.count("\n") == 1 and "edgecap[ray]" in res.stderr and "Traceback" not in res.stderr
+    from edgecap.extras import install_command
+
+    assert res.stderr.count("\n") == 1 and install_command("ray") in res.stderr and "Traceback" not in res.stderr
 
 
 def test_progress_line():

@@ -7,6 +7,7 @@ or bundle error; 130 interrupted (everything finished before Ctrl-C is on disk: 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -15,8 +16,14 @@ from collections import defaultdict
 from typing import TextIO
 
 from ..cliargs import EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_generation_args, add_model_args, generation_options
+from ..fileio import is_symlink_refusal, open_append
+from ..outputlock import OutputLock
 from ..progress import StatusLine, format_eta
-from .output import append_all, check_resume, encode_records, feed_settings, load_records, settings_file, write_atomic, write_subtitles
+from ..signals import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, silence_stdout, whole_line
+from .output import (
+    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, write_atomic,
+    write_subtitles,
+)
 from .pipeline import FeedConfig, FeedListener, run_feed
 from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FrameCaption, expand_sources
 
@@ -177,36 +184,53 @@ def run_command(args: argparse.Namespace) -> int:
     to_stdout = args.out == "-"
     sources = expand_sources(args.sources)
     captioner = Captioner(args.bundle, precision=args.precision, backend=args.backend, threads=args.threads)
+    with contextlib.ExitStack() as held:
+        if not to_stdout:  # one writer per output, from before it is read until the last line is written
+            held.enter_context(OutputLock(args.out, lock_file(args.out)))
+        return _run(args, captioner, cfg, options, sources, to_stdout)
+
+
+def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources, to_stdout: bool) -> int:
     settings = feed_settings(captioner, cfg, options)
     done: dict[tuple[str, int], FrameCaption] = {}
     if to_stdout:
         sys.stdout.flush()
         fd = sys.stdout.fileno()
     else:
-        if args.overwrite and os.path.isfile(args.out):
-            os.truncate(args.out, 0)
-        done = {(r.source, r.frame): r for r in load_records(args.out)}  # also drops a torn last line
-        check_resume(settings_file(args.out), bool(done), settings, args.out)
         try:
-            write_atomic(settings_file(args.out), json.dumps(settings, indent=1).encode())
-            fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd = open_append(args.out)  # before anything is read: a symbolic link here is refused
         except OSError as exc:
+            why = "is a symbolic link; give the real path" if is_symlink_refusal(exc) else exc.strerror or exc
+            raise FeedError(f"{args.out}: cannot write the output ({why})") from None
+        try:
+            if args.overwrite:
+                os.ftruncate(fd, 0)
+            done = {(r.source, r.frame): r for r in load_records(args.out)}  # also drops a torn last line
+            check_resume(settings_file(args.out), bool(done), settings, args.out)
+            write_atomic(settings_file(args.out), json.dumps(settings, indent=1).encode())
+        except OSError as exc:
+            os.close(fd)
             raise FeedError(f"{args.out}: cannot write the output ({exc.strerror or exc})") from None
+        except BaseException:
+            os.close(fd)
+            raise
     extra = {"model": settings["model"], "precision": settings["precision"]}
     subtitles: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for r in done.values():
         subtitles[r.source].append((r.pts, r.caption))
     progress = Progress(sys.stderr, quiet=args.quiet)
-    interrupted = closed = False
+    interrupted: KeyboardInterrupt | None = None
+    closed = False
     stream = run_feed(captioner, sources, cfg, options, done, progress)
     try:
         for batch in stream:
-            append_all(fd, encode_records(batch, extra), sync=not to_stdout)
+            with whole_line():  # a signal waits until the batch's lines are all written
+                append_all(fd, encode_records(batch, extra), sync=not to_stdout)
             progress.frames_written(batch)
             for r in batch:
                 subtitles[r.source].append((r.pts, r.caption))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated)
+        interrupted = exc
     except BrokenPipeError:  # `edgecap feed ... --out - | head`: the reader is gone
         closed = True
     finally:
@@ -216,6 +240,9 @@ def run_command(args: argparse.Namespace) -> int:
         progress.close()
     if (args.vtt or args.srt) and not (interrupted or closed):
         write_subtitles(subtitles, sources, cfg.every, args.vtt, args.srt)
+    if closed:  # quietly, as a tool killed by SIGPIPE
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
     where = "stdout" if to_stdout else args.out
     if not args.quiet:
         elapsed = time.monotonic() - progress.t0
@@ -230,14 +257,11 @@ def run_command(args: argparse.Namespace) -> int:
             first = progress.problems[source][0]
             more = len(progress.problems[source]) - 1
             progress._print(f"  failed: {first}" + (f" (and {more} more)" if more else ""))
-    if closed:
-        sys.stdout = open(os.devnull, "w")  # Python's exit-time flush of the dead pipe would raise again
-        progress._print("feed: stdout was closed; stopped")
-        return EXIT_INPUT_FAILED
-    if interrupted:
+    if interrupted is not None:
         hint = "" if to_stdout else f"finished frames are in {args.out}; rerun the same command to continue"
-        progress._print("interrupted" + (f": {hint}" if hint else ""))
-        return EXIT_INTERRUPTED
+        terminated = isinstance(interrupted, Terminated)
+        progress._print(("terminated (SIGTERM)" if terminated else "interrupted") + (f": {hint}" if hint else ""))
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     return EXIT_INPUT_FAILED if failed else EXIT_OK
 
 

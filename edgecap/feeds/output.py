@@ -12,11 +12,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from ..fileio import append_all, write_atomic  # noqa: F401 (append_all re-exported by edgecap.feeds)
 from ..options import GenerationOptions
 from .sources import FeedError, FeedSource, FrameCaption, _exc_text, relative_layout
 
@@ -71,21 +71,21 @@ def _optional_float(value: Any) -> float | None:
 
 
 def encode_records(records: Iterable[FrameCaption], extra: dict[str, Any]) -> bytes:
-    return "".join(json.dumps({**{k: getattr(r, k) for k in RECORD_KEYS}, **extra}) + "\n" for r in records).encode()
-
-
-def append_all(fd: int, data: bytes, sync: bool = True) -> None:
-    """Write `data` with as few write calls as the OS allows (normally one), then fsync (if `sync`)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    if sync:
-        os.fsync(fd)
+    # UTF-8 as JSON Lines wants it (Japanese OCR stays readable); an undecodable file name's lone
+    # surrogates become \udcXX escapes, which read back as the same name on resume
+    text = "".join(json.dumps({**{k: getattr(r, k) for k in RECORD_KEYS}, **extra}, ensure_ascii=False) + "\n"
+                   for r in records)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def settings_file(out: str | os.PathLike) -> Path:
     """Where `edgecap feed --out OUT` records its settings."""
     return Path(os.fspath(out) + ".settings.json")
+
+
+def lock_file(out: str | os.PathLike) -> Path:
+    """The lock file `edgecap feed --out OUT` holds for the run (edgecap/outputlock.py)."""
+    return Path(os.fspath(out) + ".lock")
 
 
 def subtitle_names(sources: Sequence[FeedSource]) -> dict[str, str]:
@@ -194,36 +194,3 @@ def check_resume(settings_file: str | os.PathLike, has_output: bool, settings: d
     if diffs:
         raise FeedError(f"{where}: was made with other settings ({'; '.join(diffs)}); rerun with the recorded "
                         "ones to resume, with --overwrite to start over, or use another --out")
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the complete new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        try:
-            append_all(fd, data)
-        finally:
-            os.close(fd)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; results are read by others, as open() would allow
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    sync_dir(path.parent)
-
-
-def sync_dir(folder: str | os.PathLike) -> None:
-    """fsync a directory so a rename into it survives a power cut (a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -134,7 +136,11 @@ def relative_layout(sources: Sequence[FeedSource]) -> dict[str, str]:
     if not sources:
         return {}
     root = os.path.commonpath([os.path.dirname(s.name) for s in sources])
-    return {s.name: re.sub(r"[*?\[\]]", "_", os.path.relpath(s.name, root)) for s in sources}
+    layout = {s.name: re.sub(r"[*?\[\]]", "_", os.path.relpath(s.name, root)) for s in sources}
+    # `a*.png` and `a?.png` both become `a_.png`: such names get a digest of the source added
+    taken = Counter(layout.values())
+    return {name: rel if taken[rel] == 1 else f"{rel}.{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+            for name, rel in layout.items()}
 
 
 # --- readers: (index, pts, loader) per decoded frame ------------------------------------------

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..bundle import Bundle
 from ..errors import BundleError
+from ..fileio import write_atomic
 from .profiles import ProfileLimits, profile_from_json
 
 META_FILE = "engine.json"
@@ -92,10 +92,7 @@ def write_meta(directory: Path, meta: EngineMeta) -> Path:
     """Write engine.json atomically (a half-written file must not look like valid engines)."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / META_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".engine.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(meta.to_json())
-    os.replace(tmp, target)
+    write_atomic(target, meta.to_json().encode("utf-8"))
     return target
 
 

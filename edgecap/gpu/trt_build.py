@@ -17,13 +17,13 @@ import argparse
 import datetime as _dt
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle import Bundle, load_bundle
 from ..errors import BundleError, EdgecapError
+from ..fileio import write_atomic
 from .engines import EngineFile, EngineMeta, engine_dirs, write_meta, writable_dir
 from .profiles import ProfileLimits, bundle_profiles, default_limits, profile_to_json
 from .trt_common import load_trt_cuda, network_flags, runtime_env, trt_logger
@@ -76,13 +76,6 @@ def _parser_error(err) -> str:
     return f"{node}: {text}" if node else str(text)
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def build_engines(bundle: Bundle, options: BuildOptions) -> Path:
     """Build encoder and decoder engines; returns the directory holding them and engine.json."""
     check_buildable(bundle, options.precision)
@@ -130,14 +123,14 @@ def build_engines(bundle: Bundle, options: BuildOptions) -> Path:
         if serialized is None:
             raise EdgecapError(f"{src}: TensorRT could not build an engine (rerun with --debug for TensorRT's log)")
         engine_name = f"{role}.engine"
-        _write_atomic(out / engine_name, serialized)
+        write_atomic(out / engine_name, serialized)
         timing = bytes(config.get_timing_cache().serialize())
         log.info("built %s in %.0fs", out / engine_name, time.perf_counter() - t0)
         engines[role] = EngineFile(
             engine=engine_name, source=graph.file, source_sha256=bundle.manifest.files[graph.file],
             profile=profile_to_json(wanted),
         )
-    _write_atomic(cache_path, timing)
+    write_atomic(cache_path, timing)
     from .. import __version__
 
     meta = EngineMeta(

@@ -9,7 +9,9 @@ This package is named like the `ray` package it uses: its modules import Ray abs
 
 from __future__ import annotations
 
-RAY_HINT = "pip install 'edgecap[ray]' (from a checkout: pip install '.[ray]')"
+from edgecap.extras import install_command
+
+RAY_HINT = install_command("ray")  # the form that works for this installation, as every other hint
 
 try:
     import ray.data  # noqa: F401 - fail here, with the hint, rather than deep inside a run

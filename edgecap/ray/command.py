@@ -15,6 +15,7 @@ from edgecap.cliargs import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, genera
 from edgecap.feeds.output import feed_settings
 from edgecap.feeds.pipeline import FeedConfig
 from edgecap.feeds.sources import expand_sources
+from edgecap.signals import EXIT_TERMINATED, Terminated
 
 from .driver import SUMMARY, RayFeedConfig, RayProgress, run_ray_feed
 
@@ -58,9 +59,11 @@ def run_ray_command(args: argparse.Namespace) -> int:
     try:
         summary = run_ray_feed(sources, args.bundle, captioner.preprocess_spec, settings, feed, cfg, options,
                                backend=args.backend, progress=progress)
-    except KeyboardInterrupt:
-        progress.print(f"interrupted: finished sources are in {args.out}; rerun the same command to continue")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated)
+        terminated = isinstance(exc, Terminated)
+        progress.print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: finished sources are in "
+                       f"{args.out}; rerun the same command to continue")
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         progress.status.close()
         if ray.is_initialized():

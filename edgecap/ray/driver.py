@@ -35,6 +35,7 @@ from edgecap.errors import EdgecapError
 from edgecap.feeds.output import RECORD_KEYS, check_resume, encode_records, write_atomic, write_subtitles
 from edgecap.feeds.pipeline import FeedConfig
 from edgecap.feeds.sources import FeedError, FeedSource, FrameCaption, relative_layout
+from edgecap.outputlock import OutputLock
 from edgecap.preprocess import PreprocessSpec
 from edgecap.progress import StatusLine, format_eta
 
@@ -42,7 +43,7 @@ from .dataset import END, FRAME, PROBLEM, REPEAT, START, caption_dataset, read_f
 
 log = logging.getLogger(__name__)
 
-SETTINGS, SUMMARY, MARKERS = "_settings.json", "_summary.json", "_done"
+SETTINGS, SUMMARY, MARKERS, LOCK = "_settings.json", "_summary.json", "_done", "_lock"
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,13 @@ def run_ray_feed(
     cfg.check()
     feed.check()
     out = OutputDir(cfg.out, cfg.format)
+    with OutputLock(out.root, out.root / LOCK, what="edgecap feed --ray"):  # one driver per output folder
+        return _run(out, sources, bundle, spec, settings, feed, cfg, options, backend, progress)
+
+
+def _run(out: OutputDir, sources: list[FeedSource], bundle: str | None, spec: PreprocessSpec, settings: dict[str, Any],
+         feed: FeedConfig, cfg: RayFeedConfig, options: Any, backend: str | None,
+         progress: RayProgress | None) -> dict[str, Any]:
     out.clean(everything=cfg.overwrite)
     done = out.markers()
     check_resume(out.root / SETTINGS, bool(done), settings, str(out.root))

@@ -1,0 +1,67 @@
+"""Export's verification (issue 19): an fp32 gate no stricter than PyTorch is with itself, and
+verification on a bounded number of tokens per image."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecap import manifest as mf
+from edgecap.cli import main
+from edgecap_export import verify
+from edgecap_export.exporter import ExportOptions, export
+
+import docmodels
+import tiny
+
+
+def test_large_logits_pass_against_float64(tmp_path):
+    """A Donut-shaped model with large weights (init std 0.3): its logits differ from PyTorch fp32 by
+    more than the absolute 1e-3, and PyTorch fp32 itself is that far from float64; the graphs are no
+    noisier, so they pass."""
+    ckpt = docmodels.donut_like(tmp_path / "ckpt", init_std=0.3)
+    bundle = export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32",), verify_images=2))
+    v = mf.Manifest.from_json((bundle / "manifest.json").read_text()).verification["fp32"]
+    assert v.max_logit_diff > 1e-3, "the model should exercise the float64 path"
+    assert v.fp64_error is not None and v.fp64_pytorch_error is not None
+    assert v.fp64_error <= verify.NOISE_FACTOR * v.fp64_pytorch_error and v.token_agreement == 1.0
+    assert v.verified_steps == verify.VERIFY_STEPS
+
+
+@pytest.mark.parametrize("diff,ours,torch_err,tokens,verdict", [
+    (5e-4, None, None, 1.0, None),
+    (3e-3, None, None, 1.0, "max logit difference 3.00e-03 > --max-logit-diff 0.001"),
+    (3e-3, 2e-3, 4e-3, 1.0, None),
+    (3e-3, 9e-3, 4e-3, 1.0, None),
+    (3e-3, 2e-2, 4e-3, 1.0, "more than 4x PyTorch's own fp32 error"),
+    (1e-4, None, None, 0.9, "greedy tokens agree with PyTorch's on 90.0%"),
+])
+def test_fp32_rule(diff, ours, torch_err, tokens, verdict):
+    report = mf.Verification("pytorch", 4, diff, tokens, 1.0, fp64_error=ours, fp64_pytorch_error=torch_err)
+    problem = verify.fp32_problem(report, 1e-3)
+    assert (problem is None) if verdict is None else (verdict in problem)
+
+
+def test_verification_decodes_a_bounded_number_of_tokens(tmp_path):
+    """A model whose outputs run to 200 tokens is verified on 48 per image (past the cache's growth
+    to 64 slots), with the number in the manifest; --verify-steps 0 verifies everything."""
+    ckpt = tiny.build(tmp_path / "ckpt", "vit", "gpt2", max_new_tokens=200, n_positions=256)
+    bundle = export(str(ckpt), tmp_path / "b48", ExportOptions(precisions=("fp32", "int8"), min_agreement=0))
+    man = mf.Manifest.from_json((bundle / "manifest.json").read_text())
+    assert man.generation.max_new_tokens == 200
+    assert {p: v.verified_steps for p, v in man.verification.items()} == {"fp32": 48, "int8": 48}
+    assert man.verification["int8"].steps <= 32 * 48
+    full = export(str(ckpt), tmp_path / "ball", ExportOptions(precisions=("fp32",), verify_steps=0))
+    assert mf.Manifest.from_json((full / "manifest.json").read_text()).verification["fp32"].verified_steps == 200
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--max-logit-diff", "0", "--max-logit-diff must be a positive number"),
+    ("--verify-steps", "-1", "--verify-steps must be >= 0"),
+    ("--verify-images", "0", "--verify-images must be >= 1"),
+])
+def test_export_option_ranges(tmp_path, capsys, flag, value, message):
+    ckpt = tiny.build(tmp_path / "ckpt", "vit", "gpt2")
+    assert main(["export", str(ckpt), str(tmp_path / "out"), flag, value]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
