@@ -278,7 +278,7 @@ def markdown(result: dict) -> str:
         diff = max(r[f"beams{b}_max_score_diff"] for b in BEAMS)
         out.append(f"| {r['bundle']} | {r['backend']} | {r['precision']} | {r['beams1_equal_cpu_fp32']}/{n} | "
                    f"{r['beams4_equal_cpu_fp32']}/{n} | {diff:.1e} | {same} | {r['seconds']} |")
-    out += ["", "### edgecap-bench on the CUDA backend (16 new tokens)", "",
+    out += ["", f"### edgecap-bench on the {'CPU (rehearsal)' if result.get('rehearsal') else 'CUDA'} backend (16 new tokens)", "",
             "| model | engine | backend | prec | batch | beams | p50 ms | img/s | step ms | step / floor | vs PyTorch CUDA |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in result["bench"]:
