@@ -53,7 +53,7 @@ CHROOT=$(command -v chroot || echo /usr/sbin/chroot)
 ROOT_PY=3.11  # Debian bookworm's python3: the wheels are for it
 
 say() { printf 'arm64 [%s]: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { say "error: $*"; exit "${2:-1}"; }
+die() { say "error: $1"; exit "${2:-1}"; }
 
 STEP= REBUILD=
 case "${1:-}" in
