@@ -25,6 +25,8 @@ TARGETS = [
     ("int4 decoder step, batch 1 greedy", "int4", 1, 1, "floor", 1.3),
     ("int8 peak RSS", "int8", 1, 1, "rss", 0.45),
 ]
+# Florence-2 (issue 21; a bench JSON whose architecture has encoder_prompt): the <CAPTION> task, beam 3
+FLORENCE2_TARGETS = [("int8 <CAPTION>, beam 3, batch 1", "int8", 1, 3, "latency", 0.25)]
 
 
 def _f(value, fmt: str = "{:.1f}") -> str:
@@ -73,13 +75,13 @@ def rows_table(rows: list[dict]) -> list[str]:
     return out
 
 
-def targets_table(rows: list[dict]) -> list[str]:
+def targets_table(rows: list[dict], targets: list[tuple] = TARGETS) -> list[str]:
     def find(engine, precision, batch, beams):
         return next((r for r in rows if (r["engine"], r["precision"], r["batch_size"], r["num_beams"])
                      == (engine, precision, batch, beams) and not r["error"]), None)
 
     out = ["| case | target | measured | |", "|---|---|---|---|"]
-    for label, precision, batch, beams, kind, target in TARGETS:
+    for label, precision, batch, beams, kind, target in targets:
         ours, torch = find("edgecap", precision, batch, beams), find("pytorch", "fp32", batch, beams)
         value, text = None, "not measured"
         if ours and kind == "floor" and ours["floor_decoder_step_ms"]:
@@ -104,7 +106,8 @@ def targets_table(rows: list[dict]) -> list[str]:
 def peers_table(rows: list[dict]) -> list[str]:
     """edgecap's latency over each peer's at the same precision and case (below 1: edgecap faster)."""
     # the CPU peers: edgecap's CPU rows are compared with them (pytorch-cuda runs on a GPU)
-    peers = sorted({r["engine"] for r in rows if r["engine"] not in ("edgecap", "pytorch") and r["backend"] == "cpu"})
+    peers = sorted({r["engine"] for r in rows
+                    if r["engine"] not in ("edgecap", "edgecap-plain", "pytorch") and r["backend"] == "cpu"})
     out = ["| prec | batch | beams | " + " | ".join(f"edgecap / {p}" for p in peers) + " |",
            "|---|---|---|" + "---|" * len(peers)]
     ours = [r for r in rows if r["engine"] == "edgecap" and not r["error"] and r["backend"] == "cpu"]
@@ -121,9 +124,11 @@ def peers_table(rows: list[dict]) -> list[str]:
 
 def report(data: dict) -> str:
     rows = data["rows"]
+    florence2 = data.get("model", {}).get("architecture", {}).get("encoder_prompt", False)
+    issue, targets = ("21", FLORENCE2_TARGETS) if florence2 else ("10", TARGETS)
     parts = ["### Machine and kernel rates (the floors' inputs)", "", *machine(data), "",
              "### Every engine", "", *rows_table(rows), "",
-             "### Targets (issue 10)", "", *targets_table(rows), "",
+             f"### Targets (issue {issue})", "", *targets_table(rows, targets), "",
              "### edgecap against the peers, same precision (latency ratio; below 1 = edgecap faster)", "",
              *peers_table(rows), ""]
     return "\n".join(parts)

@@ -4,7 +4,8 @@
 #
 #   bash bench/run_all.sh                # every section
 #   bash bench/run_all.sh main demo      # some: main (edgecap vs PyTorch/Optimum/OpenVINO, the
-#                                        #   target table, kernel floors), feed, demo (EVAL.md)
+#                                        #   target table, kernel floors), feed, demo (EVAL.md),
+#                                        #   florence (Florence-2-base's geometry, issue 21)
 #   QUICK=1 bash bench/run_all.sh        # smoke run: the demo model, tiny sizes, a few minutes;
 #                                        #   checks the script, its numbers mean nothing
 #
@@ -24,7 +25,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/edgecap-run-all.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(main feed demo)
+[ ${#sections[@]} -eq 0 ] && sections=(main feed demo florence)
 status=0
 
 note() { echo "run_all: $*" | tee -a "$OUT/summary.txt" >&2; }
@@ -60,6 +61,22 @@ section_main() {
   local rc=$?
   [ $rc -le 1 ] || return $rc  # 1: some engine is a failed row, still a result
   run python bench/report.py "$OUT/$name.json" || return 1
+  python bench/report.py "$OUT/$name.json" >"$OUT/$name.md"
+}
+
+section_florence() {  # issue 21: Florence-2-base's geometry, its <CAPTION> task, 20 tokens, greedy and beam 3
+  local name=florence2-base-cpu
+  local args=(--synthetic florence2-base --batch-sizes 1 --beams 1,3 --new-tokens 20 --warmup 1 --repeat 5)
+  if [ -n "$QUICK" ]; then  # the same path at toy size (tests/tiny_florence2.py's geometry)
+    name=quick-florence2-cpu
+    run python -c "import sys; sys.path.insert(0, 'tests'); import tiny_florence2, pathlib; \
+tiny_florence2.build(pathlib.Path('$WORK/florence2'))" || return 1
+    args=(--model "$WORK/florence2" --workdir "$WORK/bench" --batch-sizes 1 --beams 1,3 --new-tokens 4 --warmup 0 --repeat 1)
+  fi
+  run edgecap-bench "${args[@]}" --precision fp32,int8 --compare pytorch,optimum,openvino \
+    --peer-python "$PEER_PYTHON" --threads "$THREADS" --json "$OUT/$name.json" --plot "$OUT/$name.png"
+  local rc=$?
+  [ $rc -le 1 ] || return $rc  # 1: a peer is a failed row (Optimum and OpenVINO do not export Florence-2)
   python bench/report.py "$OUT/$name.json" >"$OUT/$name.md"
 }
 
@@ -110,7 +127,7 @@ EOF
 machine
 for s in "${sections[@]}"; do
   if ! declare -F "section_$s" >/dev/null; then
-    echo "run_all: unknown section $s (main, feed, demo)" >&2
+    echo "run_all: unknown section $s (main, feed, demo, florence)" >&2
     exit 2
   fi
   log="$OUT/$s.log"

@@ -8,7 +8,8 @@ only: the colormap is viridis, interpolated from its published anchor colours.
 
 Encoder tokens sit on the image as the bundle's architecture says: `encoder_prefix_tokens`
 class/distillation tokens first (dropped here), then a rows x columns grid of patches, row-major
-(Swin, Donut: the last stage's grid). The grid covers the model's input image; where Swin padded
+(Swin, Donut: the last stage's grid; Florence-2: DaViT's, after its mean-pooled token, with the
+prompt's tokens after the grid, also dropped). The grid covers the model's input image; where Swin padded
 an odd-sized input to whole windows the map is stretched over the image, off by under one cell.
 """
 
@@ -55,10 +56,12 @@ def to_grid(attentions: np.ndarray, arch: Architecture, size: tuple[int, int] | 
                            "existed); re-export it to map attentions onto the image")
     rows, cols = arch.encoder_grid
     prefix = arch.encoder_prefix_tokens
-    if att.shape[-1] != prefix + rows * cols:
+    image = prefix + rows * cols
+    # an encoder that reads the prompt (Florence-2) has the prompt's tokens after the image's: dropped
+    if att.shape[-1] != image and not (arch.encoder_prompt and att.shape[-1] > image):
         raise ValueError(f"attention over {att.shape[-1]} encoder tokens, but this encoder has {prefix} prefix "
-                         f"tokens and a {rows}x{cols} grid ({prefix + rows * cols})")
-    grid = att[..., prefix:].reshape(*att.shape[:-1], rows, cols)
+                         f"tokens and a {rows}x{cols} grid ({image})")
+    grid = att[..., prefix:image].reshape(*att.shape[:-1], rows, cols)
     if size is None:
         return grid
     h, w = size

@@ -94,15 +94,36 @@ def check_signature(sess: ort.InferenceSession, graph: mf.GraphSpec, where: str)
 
 
 class OrtEncoder:
-    """pixels -> {cross_key.i, cross_value.i} arrays."""
+    """pixels -> {cross_key.i, cross_value.i} arrays.
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    A graph whose pixel_values take one image (the fused encoders, manifest.FusedGraphs) runs once per
+    image, each run writing its slice of preallocated batch outputs through IO binding (no copy)."""
+
+    def __init__(self, session: ort.InferenceSession, graph: mf.GraphSpec | None = None) -> None:
         self.session = session
         self.output_names = [o.name for o in session.get_outputs()]
+        pixels = next((t for t in graph.inputs if t.name == mf.PIXEL_VALUES), None) if graph is not None else None
+        self.one_image = pixels is not None and pixels.shape[0] == 1
+        self.output_shapes = {t.name: t.shape for t in graph.outputs} if graph is not None else {}
 
     def __call__(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, {mf.PIXEL_VALUES: pixel_values})
-        return dict(zip(self.output_names, outs))
+        return self.run({mf.PIXEL_VALUES: pixel_values})
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph on all its inputs (pixels, and the prompt's ids for an encoder that reads one)."""
+        if not self.one_image:
+            outs = self.session.run(self.output_names, feeds)
+            return dict(zip(self.output_names, outs))
+        n = len(feeds[mf.PIXEL_VALUES])
+        out = {name: np.empty((n, *self.output_shapes[name][1:]), np.float32) for name in self.output_names}
+        for i in range(n):
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value[i : i + 1]))
+            for name, arr in out.items():
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(arr[i : i + 1]))
+            self.session.run_with_iobinding(binding)
+        return out
 
 
 CACHE_MIN = 16
@@ -138,6 +159,12 @@ class OrtStepDecoder:
         # cross-attention `cross_attentions()` returns, and whether heads are averaged.
         outputs = {t.name for t in graph.outputs}
         self.emits_attentions = all(mf.cross_attention(i) in outputs for i in range(arch.decoder_layers))
+        # A fused step (manifest.FusedGraphs) appends its key/value to the cache itself, in place: its
+        # present_key.i outputs are bound to the past_key.i buffers, and keys are [.., slots, head_dim]
+        # like values. A plain step returns them (new_key.i) for the runtime to write; its keys are
+        # transposed, [.., head_dim, slots].
+        self.in_place = mf.present_key(0) in outputs
+        self._key_slot_axis = 2 if self.in_place else 3
         self.attention_layer = arch.decoder_layers - 1
         self.attention_heads = "mean"
         self.cache_dtype = np.dtype(dtypes[mf.past_key(0)])  # float16 graphs keep a float16 cache
@@ -165,61 +192,76 @@ class OrtStepDecoder:
         self.cross = {k: np.ascontiguousarray(v) for k, v in self._encoded.items()}
         self.max_steps = max(1, max_steps)
         cache_len = cache_bucket(1, self.max_steps)
-        if not self._keys or self._keys[0].shape[0] != n or self._keys[0].shape[-1] != cache_len:
+        if not self._keys or self._keys[0].shape[0] != n or self._values[0].shape[2] != cache_len:
             self._allocate(n, cache_len)
         else:
             self._bind()  # new cross K/V
         self._filled = 0
 
+    def _slots(self, axis: int, stop: int, rows=slice(None)) -> tuple:
+        """Index of the first `stop` cache slots (of `rows`) along a cache tensor's slot axis."""
+        return (rows, slice(None)) + (slice(None),) * (axis - 2) + (slice(0, stop),)
+
     def _allocate(self, n: int, cache_len: int, keep: int = 0) -> None:
         """(Re)allocate the cache for n rows and cache_len slots, keeping the first `keep` slots, and bind."""
         h, d = self.arch.decoder_heads, self.arch.head_dim
-        keys = [np.zeros((n, h, d, cache_len), self.cache_dtype) for _ in range(self.layers)]
+        key_shape = (n, h, cache_len, d) if self.in_place else (n, h, d, cache_len)
+        keys = [np.zeros(key_shape, self.cache_dtype) for _ in range(self.layers)]
         values = [np.zeros((n, h, cache_len, d), self.cache_dtype) for _ in range(self.layers)]
+        kept_k, kept_v = self._slots(self._key_slot_axis, keep), self._slots(2, keep)
         for i in range(min(self.layers, len(self._keys)) if keep else 0):
-            keys[i][..., :keep] = self._keys[i][..., :keep]
-            values[i][:, :, :keep] = self._values[i][:, :, :keep]
+            keys[i][kept_k] = self._keys[i][kept_k]
+            values[i][kept_v] = self._values[i][kept_v]
         self._keys, self._values = keys, values
         if getattr(self, "_logits", None) is None or self._logits.shape[0] != n:
-            self._new_keys = [np.empty((n, h, d, 1), self.cache_dtype) for _ in range(self.layers)]
-            self._new_values = [np.empty((n, h, 1, d), self.cache_dtype) for _ in range(self.layers)]
+            if not self.in_place:
+                self._new_keys = [np.empty((n, h, d, 1), self.cache_dtype) for _ in range(self.layers)]
+                self._new_values = [np.empty((n, h, 1, d), self.cache_dtype) for _ in range(self.layers)]
             self._logits = np.empty((n, self.arch.vocab_size), np.float32)
-            if self.emits_attentions:
-                self._attentions = [np.empty((n, h, self.arch.encoder_seq_len), np.float32) for _ in range(self.layers)]
             self._ids = np.zeros((n, 1), np.int64)
             self._step = np.zeros(1, np.int64)
         self._bind()
 
     def _bind(self) -> None:
+        if self.emits_attentions:  # as long as the encoded sequence (Florence-2's varies with the prompt)
+            shape = (len(self._ids), self.arch.decoder_heads, self.cross[mf.cross_value(0)].shape[2])  # S, in both forms
+            if getattr(self, "_attentions", None) is None or self._attentions[0].shape != shape:
+                self._attentions = [np.empty(shape, np.float32) for _ in range(self.layers)]
         self._feeds = {**self.cross, mf.INPUT_IDS: self._ids, mf.STEP: self._step}
         for i in range(self.layers):
             self._feeds[mf.past_key(i)] = self._keys[i]
             self._feeds[mf.past_value(i)] = self._values[i]
         outputs = {mf.LOGITS: self._logits}
         for i in range(self.layers):
-            outputs[mf.new_key(i)] = self._new_keys[i]
-            outputs[mf.new_value(i)] = self._new_values[i]
+            if not self.in_place:
+                outputs[mf.new_key(i)] = self._new_keys[i]
+                outputs[mf.new_value(i)] = self._new_values[i]
             if self.emits_attentions:  # every layer: an unbound graph output is an error
                 outputs[mf.cross_attention(i)] = self._attentions[i]
         self._binding = self.session.io_binding()
         self._bound = []  # OrtValues alias the numpy buffers: keep both alive while bound
+        values = {}
         for name, arr in self._feeds.items():
-            value = ort.OrtValue.ortvalue_from_numpy(arr)
-            self._binding.bind_ortvalue_input(name, value)
-            self._bound.append(value)
+            values[name] = ort.OrtValue.ortvalue_from_numpy(arr)
+            self._binding.bind_ortvalue_input(name, values[name])
+        if self.in_place:  # the step writes this token's key/value into the cache it reads
+            for i in range(self.layers):
+                self._binding.bind_ortvalue_output(mf.present_key(i), values[mf.past_key(i)])
+                self._binding.bind_ortvalue_output(mf.present_value(i), values[mf.past_value(i)])
+        self._bound = list(values.values())
         for name, arr in outputs.items():
             value = ort.OrtValue.ortvalue_from_numpy(arr)
             self._binding.bind_ortvalue_output(name, value)
             self._bound.append(value)
 
     def step(self, tokens: np.ndarray, step: int) -> np.ndarray:
-        if step >= self._keys[0].shape[-1] and step < self.max_steps:
+        if step >= self._values[0].shape[2] and step < self.max_steps:
             # Grow to the next bucket: a step attends over the slots it has, not max_new_tokens'.
             self._allocate(len(self._ids), cache_bucket(step + 1, self.max_steps), keep=self._filled)
         self._ids[:, 0] = tokens
         self._step[0] = step
         self.session.run_with_iobinding(self._binding)
-        if step < self._keys[0].shape[-1]:
+        if not self.in_place and step < self._keys[0].shape[-1]:
             for i in range(self.layers):
                 self._keys[i][:, :, :, step] = self._new_keys[i][:, :, :, 0]
                 self._values[i][:, :, step, :] = self._new_values[i][:, :, 0, :]
@@ -234,6 +276,8 @@ class OrtStepDecoder:
 
     def reorder(self, src_rows: np.ndarray) -> None:
         n = self._filled
+        kept_k, kept_v = self._slots(self._key_slot_axis, n), self._slots(2, n)
+        from_k, from_v = self._slots(self._key_slot_axis, n, src_rows), self._slots(2, n, src_rows)
         for i in range(self.layers):
-            self._keys[i][:, :, :, :n] = self._keys[i][src_rows, :, :, :n]
-            self._values[i][:, :, :n, :] = self._values[i][src_rows, :, :n, :]
+            self._keys[i][kept_k] = self._keys[i][from_k]
+            self._values[i][kept_v] = self._values[i][from_v]

@@ -128,12 +128,18 @@ def prepare(args) -> tuple[Path, str | None]:
     return bundle, str(ckpt)
 
 
-def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pixels: np.ndarray, floors: dict) -> Row:
+EDGECAP_ENGINES = {"edgecap": None, "edgecap-plain": False}  # engine name -> Captioner(fused=...)
+
+
+def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pixels: np.ndarray, floors: dict,
+                  engine: str = "edgecap") -> Row:
     from .captioner import Captioner
 
-    cap = Captioner(bundle, precision=precision, backend=args.backend, threads=args.threads)
+    cap = Captioner(bundle, precision=precision, backend=args.backend, threads=args.threads,
+                    fused=EDGECAP_ENGINES[engine])
     floor = floor_estimate(cap.bundle.manifest.architecture, precision, batch, beams, floors)
-    opts = GenerationOptions(num_beams=beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    opts = GenerationOptions(num_beams=beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                             stopping="none")  # exactly --new-tokens tokens, whatever the bundle stops on
     enc_times = time_calls(lambda: cap.encode(pixels), args.warmup, args.repeat)
     encoded = cap.encode(pixels)
     dec_times = time_calls(lambda: cap.decode(encoded, opts), args.warmup, args.repeat)
@@ -142,11 +148,11 @@ def bench_edgecap(args, bundle: Path, precision: str, batch: int, beams: int, pi
     # camera-sized 640x480 frames through the bundle's image processor
     frames = [np.random.default_rng(i).integers(0, 256, (480, 640, 3), dtype=np.uint8) for i in range(batch)]
     pre_times = time_calls(lambda: cap.preprocess(frames), 1, args.repeat)
-    pair = cap.bundle.graphs(cap.precision)
-    graph_files = {pair.encoder.file, pair.decoder.file}
-    size = sum(cap.bundle.file(rel).stat().st_size for rel in cap.bundle.manifest.files
-               if rel == cap.bundle.manifest.tokenizer.file or any(rel == g or rel.startswith(g + ".") for g in graph_files))
-    return _row("edgecap", cap.backend, cap.precision, batch, beams, args.new_tokens, total,
+    graphs = cap._graph_set()
+    graph_files = {graphs.encoder.file, graphs.decoder.file}
+    needed = {cap.bundle.manifest.tokenizer.file} | graph_files | {x for g in graph_files for x in cap.bundle.external.get(g, ())}
+    size = sum(cap.bundle.file(rel).stat().st_size for rel in needed)
+    return _row(engine, cap.backend, cap.precision, batch, beams, args.new_tokens, total,
                 encoder_ms=statistics.median(enc_times), decoder_step_ms=statistics.median(dec_times) / args.new_tokens,
                 floor_encoder_ms=floor["encoder_ms"], floor_decoder_step_ms=floor["decoder_step_ms"],
                 load_s=cap.load_seconds, preprocess_ms=statistics.median(pre_times), bundle_mb=size / 1e6)
@@ -167,11 +173,11 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
     # "vs torch": over PyTorch fp32 on the same kind of device (pytorch on the CPU, pytorch-cuda on a GPU)
     base = {(r.batch_size, r.num_beams, r.backend == "cpu"): r.latency_ms_p50 for r in rows
             if r.engine in ("pytorch", "pytorch-cuda") and r.precision == "fp32" and not r.error}
-    head = (f"{'engine':<13}{'backend':<8}{'prec':<9}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}"
+    head = (f"{'engine':<14}{'backend':<8}{'prec':<9}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}"
             f"{'tok/s':>8}{'enc ms':>8}{'enc/fl':>7}{'step ms':>9}{'step/fl':>8}{'RSS MB':>8}{'vs torch':>9}")
     print(head, file=out)
     for r in rows:
-        lead = f"{r.engine:<13}{r.backend:<8}{r.precision:<9}{r.batch_size:>6}{r.num_beams:>6}"
+        lead = f"{r.engine:<14}{r.backend:<8}{r.precision:<9}{r.batch_size:>6}{r.num_beams:>6}"
         if r.error:
             print(f"{lead}  failed: {r.error}", file=out)
             continue
@@ -215,10 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("model (one of)")
     src.add_argument("--bundle", help="an exported bundle directory")
     src.add_argument("--model", help="a Hugging Face checkpoint directory: exported first (cached in --workdir)")
-    src.add_argument("--synthetic", choices=["vit-gpt2-base"], help="random weights with a real model's geometry")
+    src.add_argument("--synthetic", choices=["vit-gpt2-base", "florence2-base"],
+                     help="random weights with a real model's geometry (florence2-base: Florence-2-base, every "
+                     "engine on its <CAPTION> task)")
     p.add_argument("--precision", default="fp32", help="comma-separated precisions (default: fp32)")
     p.add_argument("--backend", default="cpu",
                    help="comma-separated edgecap backends: cpu, cuda, ort-tensorrt, tensorrt (default: cpu)")
+    p.add_argument("--graphs", default="default", type=_graph_forms, metavar="FORMS",
+                   help="which of a bundle's graph forms edgecap runs, comma-separated: default (fused where the "
+                   "bundle has them, as Captioner does), plain (rows engine 'edgecap-plain'); e.g. default,plain "
+                   "to compare them in one run")
     p.add_argument("--batch-sizes", default="1", type=_ints, help="comma-separated (default: 1)")
     p.add_argument("--beams", default="1,4", type=_ints, help="comma-separated beam widths (default: 1,4)")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per image, eos ignored (default: 16)")
@@ -256,6 +268,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _graph_forms(text: str) -> list[str]:
+    forms = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in forms if f not in ("default", "plain")]
+    if bad or not forms:
+        raise argparse.ArgumentTypeError(f"expected default and/or plain, got {text!r}")
+    return forms
+
+
 def _cases(args) -> list[tuple[int, int]]:
     return [(batch, beams) for batch in args.batch_sizes for beams in args.beams]
 
@@ -280,11 +300,14 @@ def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) ->
     h, w = PreprocessSpec.from_dict(manifest.preprocess).output_hw
     peer = None
     peer_backend = PEER_BACKENDS.get(engine, "cpu")
-    if engine != "edgecap":
+    if engine not in EDGECAP_ENGINES:
         if ckpt is None:
             return failed_rows(args, engine, precision, peer_backend, "needs --model or --synthetic (a bundle has no PyTorch weights)")
         try:
-            peer = load_peer(engine, precision, ckpt, args.threads, Path(args.bundle_dir).parent)
+            # Florence-2: the peer runs the bundle's default task prompt too (edgecap's rows encode it)
+            prompt = ((manifest.generation.prompt_ids, manifest.architecture.encoder_seq_len)
+                      if manifest.architecture.encoder_prompt else None)
+            peer = load_peer(engine, precision, ckpt, args.threads, Path(args.bundle_dir).parent, prompt)
         except Exception as exc:  # a missing package, a failed export: the row says so, the bench goes on
             log.warning("%s %s cannot run: %s", engine, precision, first_line(exc))
             return failed_rows(args, engine, precision, peer_backend, first_line(exc))
@@ -293,7 +316,7 @@ def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) ->
         pixels = np.random.default_rng(batch).uniform(-1, 1, size=(batch, 3, h, w)).astype(np.float32)
         log.info("%s %s batch %d beams %d", engine, precision, batch, beams)
         if peer is None:
-            rows.append(bench_edgecap(args, bundle, precision, batch, beams, pixels, floors))
+            rows.append(bench_edgecap(args, bundle, precision, batch, beams, pixels, floors, engine))
             continue
         try:
             times = time_calls(peer.runner(pixels, beams, args.new_tokens), args.warmup, args.repeat)
@@ -320,7 +343,8 @@ def plot(rows: list[Row], path: str) -> None:
         return
     labels = [f"{r.engine} {r.precision}\nb{r.batch_size} beams{r.num_beams}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6, len(rows) * 0.9), 7))
-    colours = {"edgecap": "tab:green", "pytorch": "tab:red", "optimum": "tab:blue", "openvino": "tab:purple"}
+    colours = {"edgecap": "tab:green", "edgecap-plain": "tab:olive", "pytorch": "tab:red", "optimum": "tab:blue",
+               "openvino": "tab:purple"}
     c = [colours.get(r.engine, "tab:gray") for r in rows]
     ax1.bar(range(len(rows)), [r.latency_ms_p50 for r in rows], color=c)
     ax1.set_ylabel("latency p50 (ms)")
@@ -372,16 +396,16 @@ def _run(args, argv: list[str]) -> int:
     # the bundle is prepared: children get it (and the checkpoint for peers) and skip the export
     child_args = _drop_source_args(argv) + ["--bundle", str(bundle)] + (["--model", ckpt] if ckpt else [])
     rows: list[Row] = []
-    for spec in engine_specs(precisions, [b for b in args.backend.split(",") if b], args.compare):
+    for spec in engine_specs(precisions, [b for b in args.backend.split(",") if b], args.compare, args.graphs):
         engine, precision = spec.split(":")
-        python = sys.executable if engine == "edgecap" else peer_python(args.peer_python)
+        python = sys.executable if engine in EDGECAP_ENGINES else peer_python(args.peer_python)
         found, error = run_child(python, child_args, spec, floors)
         rows += [Row(**r) for r in found]
-        if error and engine == "edgecap":  # a backend whose packages are missing: a note (docs/gpu.md)
+        if error and engine in EDGECAP_ENGINES:  # a backend whose packages are missing: a note (docs/gpu.md)
             log.warning("%s failed; see the lines above", spec)
         elif error:
             rows += failed_rows(args, engine, precision, PEER_BACKENDS.get(engine, "cpu"), error)
-    order = {e: i for i, e in enumerate(("edgecap", "pytorch", "pytorch-cuda", "optimum", "openvino"))}
+    order = {e: i for i, e in enumerate(("edgecap", "edgecap-plain", "pytorch", "pytorch-cuda", "optimum", "openvino"))}
     rows.sort(key=lambda r: (r.batch_size, r.num_beams, order.get(r.engine, 9), r.precision))
     print_table(rows)
     if args.json:

@@ -54,22 +54,28 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def engine_specs(precisions: list[str], backends: list[str], peers: list[str]) -> list[str]:
-    """ENGINE:PRECISION[@BACKEND] for every process to start, edgecap's first."""
-    specs = [f"edgecap:{p}" + ("" if b == "cpu" else f"@{b}") for b in backends for p in precisions]
+def engine_specs(precisions: list[str], backends: list[str], peers: list[str],
+                 graph_forms: tuple[str, ...] | list[str] = ("default",)) -> list[str]:
+    """ENGINE:PRECISION[@BACKEND] for every process to start, edgecap's first (engine "edgecap-plain":
+    a bundle's plain graphs, where "edgecap" runs its default, fused, ones)."""
+    names = {"default": "edgecap", "plain": "edgecap-plain"}
+    specs = [f"{names[form]}:{p}" + ("" if b == "cpu" else f"@{b}") for form in graph_forms for b in backends
+             for p in precisions]
     for name in peers:
         specs += [f"{name}:{p}" for p in PEER_PRECISIONS[name] if p == "fp32" or p in precisions]
     return specs
 
 
-def load_peer(name: str, precision: str, ckpt: str, threads: int | None, workdir: Path):
-    """A peer object with `runner(pixels, beams, new_tokens)` and `load_seconds`; raises if it cannot run."""
+def load_peer(name: str, precision: str, ckpt: str, threads: int | None, workdir: Path,
+              encoder_prompt: tuple[list[int], int] | None = None):
+    """A peer object with `runner(pixels, beams, new_tokens)` and `load_seconds`; raises if it cannot run.
+    `encoder_prompt`: for a model whose encoder reads a prompt (Florence-2), (its ids, image tokens)."""
     from edgecap_export import peers as peer_mod
 
     if name == "pytorch":
-        return peer_mod.PytorchPeer(ckpt, threads)
+        return peer_mod.PytorchPeer(ckpt, threads, encoder_prompt)
     if name == "pytorch-cuda":
-        return peer_mod.PytorchPeer(ckpt, threads, device="cuda", fp16=precision == "fp16")
+        return peer_mod.PytorchPeer(ckpt, threads, encoder_prompt, device="cuda", fp16=precision == "fp16")
     if name == "optimum":
         return peer_mod.OptimumPeer(ckpt, threads, workdir, int8=precision == "int8")
     if name == "openvino":

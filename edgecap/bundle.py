@@ -124,9 +124,7 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None, verify_ch
         mf.safe_relative_path(root, rel, where)
     referenced = [manifest.tokenizer.file]
     for prec, pair in manifest.graphs.items():
-        referenced += [pair.encoder.file, pair.decoder.file]
-        if pair.decoder_attentions is not None:
-            referenced.append(pair.decoder_attentions.file)
+        referenced += [g.file for g in mf.graph_specs(pair)]
     for rel in referenced:
         mf.safe_relative_path(root, rel, where)
         if rel not in manifest.files:
@@ -143,8 +141,8 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None, verify_ch
     if verify_checksums:
         to_check = [manifest.tokenizer.file]
         chosen = manifest.graphs.items() if precision is None else [(precision, manifest.graphs[precision])]
-        for _, pair in chosen:
-            to_check += [pair.encoder.file, pair.decoder.file]
+        for _, pair in chosen:  # the step's attention variants are checked when they are loaded
+            to_check += [g.file for g in mf.graph_specs(pair, attentions=False)]
         bundle.verify_files(to_check)
     log.debug("loaded bundle %s (precisions: %s)", root, ", ".join(bundle.precisions))
     return bundle

@@ -106,41 +106,80 @@ def check_manifest(man: mf.Manifest, where: str) -> None:
         _fail(where, "generation.length_penalty", f"{gen.length_penalty} is not a finite number")
     if gen.early_stopping not in (True, False, "never"):
         _fail(where, "generation.early_stopping", f"{gen.early_stopping!r} is not true, false or \"never\"")
+    _check_prompt_target(man, where)
     for precision, pair in man.graphs.items():
-        for role, graph in (("encoder", pair.encoder), ("decoder", pair.decoder),
-                            ("decoder_attentions", pair.decoder_attentions)):
-            if graph is not None:
-                check_graph_spec(graph, role, arch, f"{where}: graphs.{precision}.{role}")
+        forms = [("", pair, False)] + ([("fused.", pair.fused, True)] if pair.fused is not None else [])
+        for prefix, graphs, fused in forms:
+            for role, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder),
+                                ("decoder_attentions", graphs.decoder_attentions)):
+                if graph is not None:
+                    check_graph_spec(graph, role, arch, f"{where}: graphs.{precision}.{prefix}{role}", fused)
 
 
-_LAYER_TENSOR = re.compile(r"^(cross_key|cross_value|past_key|past_value|new_key|new_value|cross_attention)\.(\d+)$")
+def _check_prompt_target(man: mf.Manifest, where: str) -> None:
+    """An encoder that reads the prompt (Florence-2) has its Florence-2 section, and the section fits."""
+    from .florence2 import ANSWER_TYPES
+
+    arch, gen, spec = man.architecture, man.generation, man.florence2
+    if gen.prompt_target not in ("decoder", "encoder"):
+        _fail(where, "generation.prompt_target", f"{gen.prompt_target!r} is not \"decoder\" or \"encoder\"")
+    if (gen.prompt_target == "encoder") != arch.encoder_prompt or (spec is not None) != arch.encoder_prompt:
+        _fail(where, "generation.prompt_target", f"{gen.prompt_target!r} with architecture.encoder_prompt "
+              f"{arch.encoder_prompt} and {'a' if spec is not None else 'no'} florence2 section: they go together")
+    if spec is None:
+        return
+    if spec.image_tokens != arch.encoder_seq_len:
+        _fail(where, "florence2.image_tokens", f"{spec.image_tokens} is not architecture.encoder_seq_len "
+              f"{arch.encoder_seq_len}")
+    _bounded(where, "florence2.encoder_max_positions", spec.encoder_max_positions, spec.image_tokens + 1,
+             LIMITS["max_positions"])
+    if len(spec.location_bins) != 2 or not all(1 <= b <= LIMITS["max_positions"] for b in spec.location_bins):
+        _fail(where, "florence2.location_bins", f"{spec.location_bins} is not [width bins, height bins]")
+    unknown = sorted({t for t in spec.answer_types.values() if t not in ANSWER_TYPES})
+    if unknown:
+        _fail(where, "florence2.answer_types", f"unknown answer type(s) {', '.join(unknown)}")
+    if not math.isfinite(spec.ocr_area_threshold):
+        _fail(where, "florence2.ocr_area_threshold", f"{spec.ocr_area_threshold} is not a finite number")
+    if spec.ocr_pattern is not None:
+        try:
+            re.compile(spec.ocr_pattern)
+        except re.error as exc:
+            _fail(where, "florence2.ocr_pattern", f"not a regular expression ({exc})")
 
 
-def _expected_dims(name: str, arch: mf.Architecture) -> list[int | None] | None:
-    """Fixed sizes a tensor must have (None: any size, symbolic), or None for a name we do not know."""
+_LAYER_TENSOR = re.compile(
+    r"^(cross_key|cross_value|past_key|past_value|new_key|new_value|present_key|present_value|cross_attention)\.(\d+)$")
+
+
+def _expected_dims(name: str, arch: mf.Architecture, fused: bool = False) -> list[int | None] | None:
+    """Fixed sizes a tensor must have (None: any size, symbolic), or None for a name we do not know.
+    Fused graphs keep keys as values are ([.., positions, head_dim]) and update the cache in place."""
     h, d, s = arch.decoder_heads, arch.head_dim, arch.encoder_seq_len
     fixed = {
         mf.INPUT_IDS: [None, 1], mf.STEP: [1], mf.LOGITS: [None, arch.vocab_size],
-        mf.PIXEL_VALUES: [None, None, None, None],
+        mf.PIXEL_VALUES: [None, None, None, None], mf.ENCODER_PROMPT_IDS: [None, None],
     }
     if name in fixed:
         return fixed[name]
     match = _LAYER_TENSOR.match(name)
     if match is None:
         return None
+    kind = match.group(1)
+    if fused and kind in ("cross_key", "past_key", "present_key", "present_value"):
+        return {"cross_key": [None, h, s, d]}.get(kind, [None, h, None, d])
     return {
         "cross_key": [None, h, d, s], "cross_value": [None, h, s, d],
         "past_key": [None, h, d, None], "past_value": [None, h, None, d],
         "new_key": [None, h, d, 1], "new_value": [None, h, 1, d], "cross_attention": [None, h, s],
-    }[match.group(1)]
+    }[kind]
 
 
-def check_graph_spec(graph: mf.GraphSpec, role: str, arch: mf.Architecture, where: str) -> None:
+def check_graph_spec(graph: mf.GraphSpec, role: str, arch: mf.Architecture, where: str, fused: bool = False) -> None:
     """A graph's declared tensors against the architecture: names, one per decoder layer, sizes."""
     layers: dict[str, set[int]] = {}
     for kind, tensors in (("input", graph.inputs), ("output", graph.outputs)):
         for t in tensors:
-            want = _expected_dims(t.name, arch)
+            want = _expected_dims(t.name, arch, fused)
             if want is None:
                 _fail(where, f"{kind} {t.name}", "is not a tensor edgecap graphs have")
             if len(t.shape) != len(want):
@@ -158,7 +197,10 @@ def check_graph_spec(graph: mf.GraphSpec, role: str, arch: mf.Architecture, wher
             _fail(where, kind, f"the graph has layers {_span(seen)}, the decoder has {arch.decoder_layers}")
     names = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     required = [mf.PIXEL_VALUES] if role == "encoder" else [mf.INPUT_IDS, mf.STEP, mf.LOGITS]
-    required += ["cross_key", "cross_value"] if role == "encoder" else ["past_key", "past_value", "new_key", "new_value",
+    step_outputs = ["present_key", "present_value"] if fused else ["new_key", "new_value"]
+    if role == "encoder" and arch.encoder_prompt:
+        required.append(mf.ENCODER_PROMPT_IDS)
+    required += ["cross_key", "cross_value"] if role == "encoder" else ["past_key", "past_value", *step_outputs,
                                                                          "cross_key", "cross_value"]
     missing = [n for n in required if n not in names and n not in layers]
     if missing:

@@ -12,20 +12,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import decoding
+from . import decoding, florence2
 from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
 from .bundle import Bundle, load_bundle
 from .bundlecheck import check_tokenizer
 from .errors import BundleError, OptionsError
-from .manifest import PIXEL_VALUES
+from . import manifest as mf
+from .manifest import ENCODER_PROMPT_IDS, PIXEL_VALUES
 from .options import OPTION_NAMES, GenerationOptions, ResolvedOptions
-from .preprocess import ImageSource, PreprocessSpec, image_list, preprocess
+from .preprocess import ImageSource, PreprocessSpec, image_list, preprocess, preprocess_sized
 from .resources import available_memory, decoding_state_bytes
-from .text import Detokenizer
+from .text import Detokenizer, postprocess_text
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ class Caption:
     # [tokens, heads, encoder_seq], the cross-attention the decoder used when it chose each token.
     # `edgecap.attention.to_grid` maps it onto the image.
     cross_attentions: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # stopping="nougat" only: "fail" when the output repeated itself (Nougat's [MISSING_PAGE_FAIL]),
+    # "empty" when it repeated from the start or its clean-up left nothing ([MISSING_PAGE_EMPTY]);
+    # `text` is then that mark (edgecap.nougat.page_mark), `token_ids` what was generated.
+    missing_page: str | None = None
+    # The answer as a structure, for bundles with a parser (None otherwise): Florence-2's
+    # `processor.post_process_generation(...)` ({task: answer}, locations in the original image's
+    # pixels; None when the prompt came as token ids), Donut's token2json.
+    parsed: Any = field(default=None, compare=False)
 
     @property
     def confidence(self) -> float:
@@ -140,6 +149,8 @@ class Captioner:
         backend: "cpu", "cuda", "ort-tensorrt", "tensorrt" or "auto" (see docs/gpu.md).
         threads: ONNX Runtime intra-op threads; None = all cores.
         verify_checksums: hash the graphs at load (a second or so for large models).
+        fused: on the cpu backend, run the bundle's fused graphs (ONNX Runtime's fused operators,
+            manifest.FusedGraphs) when it has them; None = yes, False = the plain graphs.
     """
 
     def __init__(
@@ -149,8 +160,10 @@ class Captioner:
         backend: str | None = None,
         threads: int | None = None,
         verify_checksums: bool = True,
+        fused: bool | None = None,
     ) -> None:
         t0 = time.perf_counter()
+        self._fused_asked = fused
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096):
             raise OptionsError(f"threads must be an integer from 1 to 4096 (or None: all cores), got {threads!r}")
         if bundle_dir is None:
@@ -161,6 +174,11 @@ class Captioner:
         bundle = load_bundle(bundle_dir, precision=precision, verify_checksums=False)
         if (backend or "auto") == "auto":
             self.backend = resolve_backend("auto", bundle, precision)
+        if bundle.manifest.architecture.encoder_prompt and self.backend != "cpu":
+            if (backend or "auto") != "auto":  # the GPU backends feed the encoder pixels only
+                raise OptionsError(f"{bundle.path}: its encoder reads a prompt (Florence-2), which runs on the cpu "
+                                   f"backend only, not {self.backend}; use --backend cpu")
+            self.backend = "cpu"
         self.precision = precision or self._pick_precision(bundle)
         self.bundle = load_bundle(bundle_dir, precision=self.precision, verify_checksums=verify_checksums)
         man = self.bundle.manifest
@@ -192,12 +210,26 @@ class Captioner:
         self.load_seconds = time.perf_counter() - t0
         log.info("loaded %s (%s, %s) in %.2fs", self.bundle.path, self.precision, self.backend, self.load_seconds)
 
-    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, DecoderStatePool]:
+    @property
+    def fused(self) -> bool:
+        """Whether this captioner runs the bundle's fused graphs (cpu backend, bundle has them, not refused)."""
+        return (self.backend == "cpu" and self._fused_asked is not False
+                and self.bundle.graphs(self.precision).fused is not None)
+
+    def _graph_set(self) -> mf.GraphPair | mf.FusedGraphs:
         pair = self.bundle.graphs(self.precision)
-        encoder = OrtEncoder(create_session(self.bundle, pair.encoder, "cpu", SessionOptions(threads, spin=False)))
-        session = create_session(self.bundle, pair.decoder, "cpu", SessionOptions(threads))
+        if self._fused_asked and pair.fused is None:
+            raise OptionsError(f"{self.bundle.path}: its {self.precision} graphs have no fused form (re-export with "
+                               "this edgecap; fp16 and int8-qdq are plain only); use fused=None or False")
+        return pair.fused if self.fused else pair
+
+    def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, DecoderStatePool]:
+        graphs = self._graph_set()
+        encoder = OrtEncoder(create_session(self.bundle, graphs.encoder, "cpu", SessionOptions(threads, spin=False)),
+                             graphs.encoder)
+        session = create_session(self.bundle, graphs.decoder, "cpu", SessionOptions(threads))
         arch = self.bundle.manifest.architecture
-        return encoder, DecoderStatePool(lambda: OrtStepDecoder(session, arch, pair.decoder))
+        return encoder, DecoderStatePool(lambda: OrtStepDecoder(session, arch, graphs.decoder))
 
     @contextmanager
     def step_decoder(self) -> Iterator[decoding.StepModel]:
@@ -233,16 +265,31 @@ class Captioner:
     # --- stages -----------------------------------------------------------------------------
 
     def preprocess(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Images -> pixel_values [B, 3, H, W] float32, exactly as the HF image processor would."""
-        return preprocess(images, self.preprocess_spec)
+        """Images -> pixel_values [B, 3, H, W] float32, exactly as the HF image processor would
+        (a document whose content would reach the encoder thinner than a patch is logged as a warning)."""
+        return preprocess(images, self.preprocess_spec, self.bundle.manifest.architecture.encoder_patch_size)
 
-    def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the encoder: per decoder layer, the cross-attention K and V of each image."""
-        pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
+    def encode(self, pixel_values: np.ndarray, options: GenerationOptions | None = None) -> dict[str, np.ndarray]:
+        """Run the encoder: per decoder layer, the cross-attention K and V of each image. `options`
+        matter only to an encoder that reads the prompt (Florence-2): their prompt, else the bundle's."""
+        feeds = self.encoder_inputs(pixel_values, options)
+        if len(feeds) > 1:  # the prompt too: the cpu backend's OrtEncoder (checked at load)
+            return self._encoder.run(feeds)
+        pixels = feeds[PIXEL_VALUES]
         if self._encode_lock is None:  # ONNX Runtime CPU sessions run concurrent calls safely
             return self._encoder(pixels)
         with self._encode_lock:  # a TensorRT encoder reuses its input buffer and execution context
             return self._encoder(pixels)
+
+    def encoder_inputs(self, pixel_values: np.ndarray, options: GenerationOptions | None = None) -> dict[str, np.ndarray]:
+        """The encoder graph's inputs: the pixels, and (Florence-2) the prompt's encoder tokens, one
+        row per image (every image of a call gets the same prompt, so no row needs padding)."""
+        pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        feeds = {PIXEL_VALUES: pixels}
+        if self.generation_defaults.prompt_target == "encoder":
+            ids = np.asarray(self.resolve_options(options).encoder_input_ids, dtype=np.int64)
+            feeds[ENCODER_PROMPT_IDS] = np.ascontiguousarray(np.broadcast_to(ids, (len(pixels), len(ids))))
+        return feeds
 
     def decode(
         self,
@@ -283,7 +330,7 @@ class Captioner:
         if self.backend != "cpu":
             raise OptionsError(f"attention maps run on the cpu backend only, not {self.backend}; "
                                "use Captioner(..., backend='cpu') (--backend cpu)")
-        graph = self.bundle.graphs(self.precision).decoder_attentions
+        graph = self._graph_set().decoder_attentions
         if graph is None:
             raise OptionsError(
                 f"{self.bundle.path}: its {self.precision} graphs have no attention-emitting decoder step; "
@@ -298,13 +345,22 @@ class Captioner:
     def resolve_options(self, options: GenerationOptions | None = None) -> ResolvedOptions:
         """Options with the bundle's defaults filled in, checked against this model (OptionsError,
         a ValueError, names what is wrong)."""
-        arch = self.bundle.manifest.architecture
+        arch, spec = self.bundle.manifest.architecture, self.bundle.manifest.florence2
+        encode = self.encode_text
+        if spec is not None:  # a task prompt: expanded into the question the encoder reads
+            def encode(text: str) -> list[int]:
+                return florence2.encoder_prompt_ids(text, spec, self.encode_text)
         opts = (options or GenerationOptions()).resolve(
-            self.generation_defaults, encode=self.encode_text, max_positions=arch.max_positions
+            self.generation_defaults, encode=encode, max_positions=arch.max_positions
         )
-        bad = [t for seq in (*opts.bad_words_ids, opts.decoder_input_ids) for t in seq if t >= arch.vocab_size]
+        bad = [t for seq in (*opts.bad_words_ids, opts.decoder_input_ids, opts.encoder_input_ids) for t in seq
+               if t >= arch.vocab_size]
         if bad:
             raise OptionsError(f"token id(s) {sorted(set(bad))[:5]} are beyond this model's vocabulary of {arch.vocab_size}")
+        if spec is not None and arch.encoder_seq_len + len(opts.encoder_input_ids) > spec.encoder_max_positions:
+            raise OptionsError(f"the prompt is {len(opts.encoder_input_ids)} tokens; after the image's "
+                               f"{arch.encoder_seq_len} the encoder has room for "
+                               f"{spec.encoder_max_positions - arch.encoder_seq_len}")
         if opts.num_beams > arch.vocab_size:
             raise OptionsError(f"num_beams {opts.num_beams} is more than this model's vocabulary of {arch.vocab_size} "
                                "tokens (each beam needs a distinct token to continue)")
@@ -323,12 +379,13 @@ class Captioner:
                 "available); lower num_beams, max_new_tokens or the batch size")
 
     def encode_text(self, text: str) -> list[int]:
-        """Token ids of `text` without special tokens (how a text prompt is fed)."""
+        """Token ids of `text` without special tokens, padding or truncation (how a text prompt is fed);
+        `OptionsError` when the tokenizer does not know a piece of it (it would be fed as unknown)."""
         if not self.bundle.manifest.tokenizer.encodes_text:
             raise OptionsError(f"{self.bundle.path}: this bundle's tokenizer was rebuilt from the checkpoint's vocab.txt "
                                "(a slow tokenizer with no fast class); it decodes as the model's own but cannot encode "
                                "a text prompt the same way: give the prompt as token ids (prompt_ids, --prompt-ids)")
-        return self.detokenize.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.detokenize.encode_prompt(text)
 
     # --- all together -------------------------------------------------------------------------
 
@@ -346,8 +403,9 @@ class Captioner:
 
         `generation_kwargs` are generate()'s names, the fields of `GenerationOptions` (num_beams,
         max_new_tokens, min_new_tokens, length_penalty, no_repeat_ngram_size, early_stopping,
-        num_return_sequences, prompt_ids, prompt, bad_words_ids); those left as None take `options`'
-        value, then the bundle's default. With a prompt, `token_ids` and `text` are what follows it.
+        num_return_sequences, prompt_ids, prompt, bad_words_ids, stopping, postprocess); those left as
+        None take `options`' value, then the bundle's default. With a prompt, `token_ids` and `text`
+        are what follows it.
 
         `output_attentions` (not a generation option: the tokens are the same either way) fills
         `Caption.cross_attentions` from decoder layer `attention_layer` (negative counts from the
@@ -368,10 +426,35 @@ class Captioner:
         out: list[Caption] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            hyps = self.decode(self.encode(self.preprocess(chunk)), opts, output_attentions, attention_layer,
-                               attention_heads)
-            out.extend(self._to_caption(h) for h in hyps)
+            patch = self.bundle.manifest.architecture.encoder_patch_size
+            pixels, sizes = preprocess_sized(chunk, self.preprocess_spec, patch)
+            hyps = self.decode(self.encode(pixels, opts), opts, output_attentions, attention_layer, attention_heads)
+            out.extend(self.to_caption(h, resolved, size, opts) for h, size in zip(hyps, sizes))
         return out
+
+    def parse_answer(self, token_ids: Sequence[int], image_size: tuple[int, int] | None = None,
+                     options: GenerationOptions | None = None) -> Any:
+        """A generated answer as a structure (`Caption.parsed`), or None for a bundle without a parser.
+
+        Florence-2: `Florence2Processor.post_process_generation` of the answer for the task of `options`'
+        prompt (else the bundle's default prompt; None when the prompt came as token ids), with
+        locations in `image_size` = the original image's (width, height) pixels. Donut: token2json.
+        """
+        from .donut import is_donut, sequence_to_json
+
+        man = self.bundle.manifest
+        if man.florence2 is not None:
+            opts = options or GenerationOptions()
+            if opts.prompt is None and opts.prompt_ids is not None:
+                return None
+            task = florence2.task_of(opts.prompt if opts.prompt is not None else man.florence2.default_prompt,
+                                     man.florence2)
+            text = florence2.answer_text(token_ids, man.generation,
+                                         lambda ids: self.detokenize(ids, skip_special_tokens=False))
+            return florence2.post_process_generation(text, task, image_size, man.florence2)
+        if is_donut(man):
+            return sequence_to_json(token_ids, self.detokenize, man.generation)
+        return None
 
     def caption_feed(
         self,
@@ -397,7 +480,27 @@ class Captioner:
                             batch_size=batch_size, max_frames=max_frames, fps=fps, options=options,
                             on_error=on_error)
 
-    def _to_caption(self, hyps: list[decoding.Hypothesis]) -> Caption:
-        caps = [Caption(self.detokenize(h.token_ids), h.token_ids, h.score, (), h.token_scores, h.cross_attentions)
-                for h in hyps]
+    def caption_text(self, hyp: decoding.Hypothesis, options: ResolvedOptions) -> tuple[str, str | None]:
+        """(text, missing_page) of a hypothesis: decoded, cleaned up by `options.postprocess`, or the
+        page mark Nougat's predict.py writes instead (see `Caption.missing_page`)."""
+        from .nougat import MISSING_PAGE_POST, PAGE_EMPTY, PAGE_FAIL, page_mark
+
+        text = postprocess_text(self.detokenize(hyp.token_ids), options.postprocess)
+        if options.postprocess is not None and text.strip() == MISSING_PAGE_POST:
+            return page_mark(PAGE_EMPTY), PAGE_EMPTY  # predict.py: uncaught repetitions, most likely empty
+        if hyp.repetition_start is not None:
+            kind = PAGE_FAIL if hyp.repetition_start > 0 else PAGE_EMPTY
+            return page_mark(kind), kind
+        return text, None
+
+    def to_caption(self, hyps: list[decoding.Hypothesis], options: ResolvedOptions,
+                   image_size: tuple[int, int] | None = None, request: GenerationOptions | None = None) -> Caption:
+        """One image's hypotheses (from `decode`) as a `Caption`, its alternatives after it. `request`
+        (the options as asked, their prompt naming a Florence-2 task) and `image_size` (the image's
+        width, height) give `Caption.parsed` (see `parse_answer`)."""
+        caps = []
+        for h in hyps:
+            text, missing = self.caption_text(h, options)
+            caps.append(Caption(text, h.token_ids, h.score, (), h.token_scores, h.cross_attentions, missing,
+                                parsed=self.parse_answer(h.token_ids, image_size, request)))
         return replace(caps[0], alternatives=tuple(caps[1:]))

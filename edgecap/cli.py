@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from . import __version__
+from . import __version__, pdf
 from .cliargs import (
     EXIT_CODES_HELP, EXIT_INPUT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
     add_generation_args, add_model_args, generation_options,
@@ -54,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
     )
     cap.add_argument("paths", nargs="+", metavar="PATH",
-                     help="image files, directories of images, glob patterns, or - to read paths from stdin "
-                     "(one per line, taken literally)")
+                     help="image files, PDFs (one input per page, rendered at 96 dpi as Nougat does, named "
+                     "paper.pdf#page=N, which also works as an input; needs the pdf extra), directories of images "
+                     "and PDFs, glob patterns, or - to read paths from stdin (one per line, taken literally)")
     cap.add_argument("-r", "--recursive", action="store_true", help="scan directories' subdirectories too")
     cap.add_argument("--json", action="store_true",
                      help="print one JSON object per input: path, caption, score, token_ids, token_scores (each "
                      "token's log-probability), confidence (exp of their mean), model, precision (alternatives "
-                     "with --num-return-sequences); a failed input has path and error")
+                     "with --num-return-sequences), parsed (the answer as a structure: Florence-2's boxes and "
+                     "labels, Donut's JSON); a failed input has path and error")
     cap.add_argument("--attention-maps", metavar="DIR",
                      help="also write DIR/NAME.png per image: one heatmap per generated token of where the decoder "
                      "looked, titled with the token and its probability (bundles exported with --with-attentions)")
@@ -109,12 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--prompt", metavar="TEXT",
         help="the bundle's default decoder prompt, used when a caption call gives none (Donut task models: "
-        "e.g. '<s_cord-v2>'); tokenized without special tokens",
+        "e.g. '<s_cord-v2>'); tokenized without special tokens. Florence-2: the default task prompt "
+        "(default '<CAPTION>'; e.g. '<OD>')",
     )
     exp.add_argument(
         "--calibration", metavar="DIR",
         help="images whose activation ranges calibrate int8-qdq (default: 16 of the evaluation images)",
     )
+    exp.add_argument("--no-fused", dest="fused", action="store_false",
+                     help="write the plain graphs only (default: also fp32/int8/int4 graphs with ONNX Runtime's fused "
+                     "operators, which the CPU backend runs; the plain ones are for GPUs, TensorRT and reference)")
     exp.add_argument("--with-attentions", action="store_true",
                      help="also write an attention-emitting decoder step per precision, for `caption --attention-maps` "
                      "and Captioner.caption(output_attentions=True); the normal step is unchanged")
@@ -168,20 +174,26 @@ def _caption(args: argparse.Namespace) -> int:
     items = list(expand_inputs(args.paths, recursive=args.recursive))
     writer = _CaptionWriter(args.json, {"model": captioner.bundle.manifest.source.model,
                                         "precision": captioner.precision}, resolved.num_return_sequences > 1,
-                            _donut_json(captioner))
+                            _is_donut(captioner))
     # stderr only, and only on a terminal: piped or logged runs get exactly what they got before
     status = StatusLine(sys.stderr, log_lines=False, quiet=len(items) < PROGRESS_MIN_IMAGES)
     progress = _Progress(status, len(items))
-    pending: list[tuple[str, object, str | None]] = []  # input order kept across failures
+    pending: list[tuple[str, object, Any, str | None]] = []  # input order kept across failures
+    min_side = captioner.bundle.manifest.architecture.encoder_patch_size
 
     def flush() -> None:
-        good = [img for _, img, problem in pending if problem is None]
-        caps = iter(captioner.caption(good, options=options, batch_size=len(good), output_attentions=maps is not None)
-                    if good else [])
+        good = [pixels for _, _, pixels, problem in pending if problem is None]
+        caps: Iterator[Any] = iter([])
+        if good:  # the pixels _load made (with warnings naming the files), captioned in one call
+            import numpy as np
+
+            hyps = captioner.decode(captioner.encode(np.stack(good), options), options, output_attentions=maps is not None)
+            sizes = [image.size for _, image, _, problem in pending if problem is None]  # parsed answers' pixels
+            caps = iter([captioner.to_caption(h, resolved, size, options) for h, size in zip(hyps, sizes)])
         status.clear()
-        for path, image, problem in pending:
+        for path, image, _, problem in pending:
             if problem is None:
-                c = next(caps)
+                c = _page_marked(path, next(caps))
                 writer.caption(path, c)
                 if maps is not None:
                     maps.write(captioner, path, image, c)
@@ -194,10 +206,10 @@ def _caption(args: argparse.Namespace) -> int:
     try:
         progress.show()
         for path, problem in items:
-            image = None
+            image = pixels = None
             if problem is None:
-                image, problem = _load(path, captioner.preprocess_spec)
-            pending.append((path, image, problem))
+                image, pixels, problem = _load(path, captioner.preprocess_spec, min_side)
+            pending.append((path, image, pixels, problem))
             waiting = sum(1 for *_, p in pending if p is None)
             if waiting == 0 or waiting >= args.batch_size:  # a failure with nothing to wait for is said at once
                 flush()
@@ -208,23 +220,34 @@ def _caption(args: argparse.Namespace) -> int:
     return EXIT_INPUT_FAILED if progress.failed else EXIT_OK
 
 
-def _load(path: str, spec: Any) -> tuple[Any, str | None]:
-    """(PIL image, None) or (None, the problem)."""
+def _load(path: str, spec: Any, min_side: int | None) -> tuple[Any, Any, str | None]:
+    """(PIL image, its pixel_values, None) or (None, None, the problem). Preprocessing here makes a
+    problem (Donut's and Nougat's geometry can refuse an image too elongated for their canvas) this
+    file's, not its whole batch's, and names the file in warnings. `path` may name a PDF page."""
     from .errors import ImageError
     from .preprocess import load_image, preprocess_one
 
     try:
-        image = load_image(path)
-        if spec.kind == "donut":
-            # Donut's geometry can refuse an image (too elongated to fit its canvas): find out here,
-            # so the problem is this file's, not its whole batch's
-            preprocess_one(image, spec)
-        return image, None
+        page = pdf.split_page_name(path)
+        image = load_image(pdf.render_page(*page) if page else path)
+        return image, preprocess_one(image, spec, min_side, source=path), None
     except ImageError as exc:
         problem = exc.problem
     if "decompression bomb" in problem:
         problem += "; if you trust it, allow it with --max-pixels N"
-    return None, problem
+    return None, None, problem
+
+
+def _page_marked(path: str, c: Any) -> Any:
+    """A missing-page mark of a PDF page numbered as Nougat numbers it: [MISSING_PAGE_FAIL:3]."""
+    page = pdf.split_page_name(path)
+    if c.missing_page is None or page is None:
+        return c
+    from dataclasses import replace
+
+    from .nougat import page_mark
+
+    return replace(c, text=page_mark(c.missing_page, page[1]))
 
 
 class _CaptionWriter:
@@ -232,9 +255,9 @@ class _CaptionWriter:
     so a consumer sees every input exactly once)."""
 
     def __init__(self, json_lines: bool, extra: dict, alternatives: bool,
-                 to_json: Callable[[Sequence[int]], Any] | None = None) -> None:
+                 donut: bool = False) -> None:
         self.json_lines, self.extra, self.alternatives = json_lines, extra, alternatives
-        self.to_json = to_json  # Donut bundles: the answer as DonutProcessor.token2json gives it
+        self.donut = donut  # Donut bundles also keep their answer under "json", as before "parsed" existed
 
     def caption(self, path: str, c: Any) -> None:
         if not self.json_lines:
@@ -252,18 +275,17 @@ class _CaptionWriter:
     def _fields(self, c: Any) -> dict:
         fields = {"caption": c.text, "score": c.score, "token_ids": list(c.token_ids),
                   "token_scores": list(c.token_scores), "confidence": c.confidence}
-        if self.to_json is not None:
-            fields["json"] = self.to_json(c.token_ids)
+        if c.parsed is not None:  # the answer as a structure (Florence-2's boxes, Donut's JSON)
+            fields["parsed"] = c.parsed
+            if self.donut:
+                fields["json"] = c.parsed
         return fields
 
 
-def _donut_json(captioner: Any) -> Callable[[Sequence[int]], Any] | None:
-    """token ids -> JSON for Donut bundles (recognised by their preprocessing), else None."""
-    from .donut import is_donut, sequence_to_json
+def _is_donut(captioner: Any) -> bool:
+    from .donut import is_donut
 
-    if not is_donut(captioner.bundle.manifest):
-        return None
-    return lambda ids: sequence_to_json(ids, captioner.detokenize, captioner.generation_defaults)
+    return is_donut(captioner.bundle.manifest)
 
 
 class _Progress:
@@ -327,6 +349,7 @@ def _export(args: argparse.Namespace) -> int:
         force=args.force,
         prompt=args.prompt,
         with_attentions=args.with_attentions,
+        fused=args.fused,
     )
     try:
         out = export(args.model, args.outdir, options)

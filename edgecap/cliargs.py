@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .options import GenerationOptions
+from .text import POSTPROCESSORS
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -74,12 +75,24 @@ def add_generation_args(p: argparse.ArgumentParser, alternatives: bool = True) -
     prompt.add_argument("--prompt", metavar="TEXT",
                         help="decoder prompt, tokenized without special tokens (Donut: the task, e.g. "
                         "'<s_cord-v2>' or '<s_docvqa><s_question>what is the total?</s_question><s_answer>'); "
-                        "outputs are what follows it")
+                        "outputs are what follows it. Florence-2 reads it in its encoder: a task, e.g. '<OD>', "
+                        "'<OCR_WITH_REGION>', '<CAPTION_TO_PHRASE_GROUNDING>a red car'")
     prompt.add_argument("--prompt-ids", type=parse_ids, metavar="IDS",
                         help="decoder prompt as token ids in [0, vocabulary), e.g. 57579,57580 (fed after the "
                         "decoder start token, as generate(decoder_input_ids=...))")
     g.add_argument("--bad-words-ids", type=parse_id_lists, metavar="JSON",
                    help="token sequences never to generate, e.g. '[[3], [17, 42]]' (default: the bundle's)")
+    g.add_argument("--stopping", choices=("nougat", "none"),
+                   help="also stop when the output starts repeating itself, as Nougat's own inference does "
+                   "(greedy only; a page that repeated is reported as [MISSING_PAGE_FAIL], one that repeated from "
+                   "its start as [MISSING_PAGE_EMPTY]); none: only eos and --max-new-tokens end an output "
+                   "(default: the bundle's: nougat for Nougat checkpoints, else none)")
+    g.add_argument("--postprocess", choices=(*POSTPROCESSORS, "none"),
+                   help="clean up the decoded text: nougat = Nougat's post_process_generation (drops made-up "
+                   "references and repeated tails, fixes tables, lists and markdown), nougat-no-markdown = the "
+                   "same without the markdown fixes (equation tags, URLs), manga-ocr = manga-ocr's (spaces removed, "
+                   "ellipses as dots, half-width made full-width); tokens and scores are unchanged "
+                   "(default: the bundle's: nougat for Nougat checkpoints, manga-ocr for manga-ocr's, else none)")
     if alternatives:
         g.add_argument("--num-return-sequences", type=int, metavar="N",
                        help="beam search: also report the N-1 next-best outputs (1 up to --num-beams)")
@@ -98,4 +111,6 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
         prompt=args.prompt,
         prompt_ids=args.prompt_ids,
         bad_words_ids=args.bad_words_ids,
+        stopping=args.stopping,
+        postprocess=args.postprocess,
     )

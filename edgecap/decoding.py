@@ -16,6 +16,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .options import ResolvedOptions
+from .stopping import NOUGAT, RepetitionStop, repetition_start
 
 _NEG = np.float32(-1.0e9)
 
@@ -46,6 +47,9 @@ class Hypothesis:
     token_scores: tuple[float, ...] = ()
     # Per token, the decoder's cross-attention when it chose that token (when asked for).
     cross_attentions: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # stopping="nougat" only: where Nougat's repetition check says the output starts repeating
+    # (edgecap.stopping.repetition_start; 0: from the start), None when it does not repeat.
+    repetition_start: int | None = None
 
 
 def confidence(token_scores: Sequence[float]) -> float:
@@ -136,26 +140,38 @@ def greedy(model: StepModel, batch: int, opts: ResolvedOptions, attentions: bool
     token_scores = np.zeros((batch, opts.max_new_tokens), dtype=np.float32)
     steps_attention: list[np.ndarray] = []
     unfinished = np.ones(batch, dtype=bool)
+    # Nougat's repetition stop watches each step's best processed score (edgecap/stopping.py)
+    stop = RepetitionStop(batch) if opts.stopping == NOUGAT else None
+    best_scores = np.zeros((batch, opts.max_new_tokens), dtype=np.float32) if stop else None
+    best_ids = np.zeros((batch, opts.max_new_tokens), dtype=np.int64) if stop else None
     for t in range(p - 1, p - 1 + opts.max_new_tokens):
         logits = model.step(seqs[:, t], t)  # the decoder's own copy: processed in place
         if attentions:
             steps_attention.append(model.cross_attentions())
         processed = process_scores(logits.astype(np.float32, copy=False), seqs[:, : t + 1], opts)
         nxt, logp = _argmax_logprob(processed)
+        if stop is not None:
+            best_ids[:, t + 1 - p] = nxt
+            best_scores[:, t + 1 - p] = processed[np.arange(batch), nxt]
+            fired = stop.update(best_scores[:, t + 1 - p])
         nxt = np.where(unfinished, nxt, pad)
         seqs[:, t + 1] = nxt
         scores += np.where(unfinished, logp, 0).astype(np.float32)
         token_scores[:, t + 1 - p] = logp
         lengths += unfinished
         unfinished &= ~np.isin(nxt, eos)
+        if stop is not None:  # generate() checks its criteria after appending the token: it is kept
+            unfinished &= ~fired
         if not unfinished.any():
             break
     out = []
     for b in range(batch):
         n = int(lengths[b])
         att = np.stack([a[b] for a in steps_attention[:n]]) if attentions else None
+        repeats = (repetition_start(best_scores[b, :n], best_ids[b, :n], opts.pad_token_id, opts.eos_token_ids)
+                   if stop is not None else None)
         out.append([Hypothesis(tuple(seqs[b, p : p + n].tolist()), float(scores[b]),
-                               tuple(token_scores[b, :n].tolist()), att)])
+                               tuple(token_scores[b, :n].tolist()), att, repeats)])
     return out
 
 

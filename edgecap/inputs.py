@@ -1,5 +1,8 @@
 """Which files `edgecap caption` reads: paths, directories, globs, and `-` (a list of paths on stdin).
 
+A PDF becomes one input per page, named `paper.pdf#page=3` (edgecap.pdf); such a name given as an
+input is that one page.
+
 Each input becomes `(path, problem)`: `problem` is None for a regular file to caption, else one line
 saying why it is not one (missing, a loop of symbolic links, a FIFO, a URL...). The command reports
 those and goes on with the rest, so expansion never raises for a bad input.
@@ -16,9 +19,13 @@ import stat
 import sys
 from typing import Iterable, Iterator, Optional, Sequence, TextIO
 
+from . import pdf
+from .errors import ImageError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+DOCUMENT_EXTENSIONS = pdf.PDF_EXTENSIONS  # inputs of several pages each
 STDIN = "-"
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _MISSING = "file not found"
@@ -75,20 +82,51 @@ def _kind(mode: int) -> str:
     return "not a file"
 
 
+def _file_entries(path: str, problem: str | None) -> list[Input]:
+    """A file's inputs: itself, or one per page of a PDF."""
+    if problem is not None or not pdf.is_pdf(path):
+        return [(path, problem)]
+    try:
+        count = pdf.page_count(path)
+    except ImageError as exc:
+        return [(path, exc.problem)]
+    return [(pdf.page_name(path, page), None) for page in range(1, count + 1)]
+
+
+def _page_entry(name: str) -> Input | None:
+    """`paper.pdf#page=3` naming a page of an existing PDF: that input (None if it names none)."""
+    ref = pdf.split_page_name(name)
+    if ref is None or path_problem(ref[0]) == _MISSING:
+        return None
+    problem = path_problem(ref[0])
+    if problem is None:
+        try:
+            count = pdf.page_count(ref[0])
+        except ImageError as exc:
+            problem = exc.problem
+        else:
+            if ref[1] > count:
+                problem = f"no such page: the PDF has {count} page{'s' * (count != 1)}"
+    return name, problem
+
+
 def _expand(pattern: str, recursive: bool, globs: bool) -> Iterator[Input]:
     if os.path.isdir(pattern):
         yield from _scan_dir(pattern, recursive)
         return
     problem = path_problem(pattern)
-    if problem != _MISSING:
-        yield pattern, problem
+    page = _page_entry(pattern) if problem == _MISSING else None
+    if page is not None:
+        yield page
+    elif problem != _MISSING:
+        yield from _file_entries(pattern, problem)
     elif globs and glob.has_magic(pattern):
         matches = sorted(glob.glob(pattern, recursive=True))
         if not matches:
             yield pattern, "no files match this pattern"
         for match in matches:
             if not os.path.isdir(match):  # a glob names files; directories it matches are not images
-                yield match, path_problem(match)
+                yield from _file_entries(match, path_problem(match))
     elif _URL.match(pattern):
         yield pattern, "URLs are not fetched; download the image first (e.g. curl -O URL) and pass the file"
     else:
@@ -96,7 +134,8 @@ def _expand(pattern: str, recursive: bool, globs: bool) -> Iterator[Input]:
 
 
 def _scan_dir(root: str, recursive: bool) -> Iterator[Input]:
-    """Image files (by extension) in `root`, or in its whole tree when `recursive`, sorted by path.
+    """Image files and PDFs (by extension) in `root`, or in its whole tree when `recursive`, sorted by
+    path, a PDF as its pages.
 
     Symbolic links to directories are followed once each (a link back up the tree is not a loop
     here); an image-named entry that is not a readable regular file is reported, not skipped.
@@ -122,13 +161,14 @@ def _scan_dir(root: str, recursive: bool) -> Iterator[Input]:
     if not found:
         hint = " (it has subdirectories: pass --recursive to scan them)" if has_subdirs and not recursive else ""
         yield root, f"directory contains no image files{hint}"
-    yield from found
+    for path, problem in found:
+        yield from _file_entries(path, problem)
 
 
 def _image_entries(dirpath: str, filenames: Iterable[str]) -> list[Input]:
     out = []
     for name in filenames:
-        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS | DOCUMENT_EXTENSIONS:
             path = os.path.join(dirpath, name)
             out.append((path, path_problem(path)))
     return out

@@ -4,7 +4,7 @@ A bundle is a directory::
 
     manifest.json          this schema, serialised
     tokenizer.json         a `tokenizers` tokenizer
-    <precision>/encoder.onnx   pixels -> per-decoder-layer cross-attention K and V
+    <precision>/encoder.onnx   pixels (and, Florence-2, the prompt's ids) -> per-decoder-layer cross-attention K and V
     <precision>/decoder.onnx   one KV-cached decoder step
     <precision>/decoder_attn.onnx   the same step, also emitting cross-attention (optional,
                                     `edgecap export --with-attentions`)
@@ -27,10 +27,12 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT = "edgecap-bundle"
-FORMAT_VERSION = 2
-# Version 2 added optional fields only (prompts, word bans, the encoder's token grid, attention
-# variants), so version 1 bundles still load; an older edgecap refuses version 2 by its number.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Versions 2 and 3 added optional fields only (2: prompts, word bans, the encoder's token grid,
+# attention variants; 3: fused graphs, Nougat's stop and clean-ups, decode-only tokenizers, float64
+# verification figures, Florence-2), so older bundles still load; an older edgecap refuses a newer
+# version by its number rather than misread fields it does not know.
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 
 # --- tensor names (the graph signatures) -------------------------------------------------
@@ -38,6 +40,9 @@ PIXEL_VALUES = "pixel_values"
 INPUT_IDS = "input_ids"  # [batch, 1] int64: the token fed at this step
 STEP = "step"  # [1] int64: its position == number of tokens already in the self-attention cache
 LOGITS = "logits"  # [batch, vocab] float32: next-token logits
+# Encoders that read a prompt (Florence-2, Generation.prompt_target "encoder"): [batch, prompt_len] int64,
+# the prompt's tokens, which the encoder reads after the image's tokens.
+ENCODER_PROMPT_IDS = "prompt_ids"
 
 
 def cross_key(layer: int) -> str:
@@ -70,6 +75,17 @@ def new_value(layer: int) -> str:
     return f"new_value.{layer}"
 
 
+def present_key(layer: int) -> str:
+    """Fused decoder step only: the key cache after this step, [batch, heads, cache_len, head_dim]. The
+    runtime binds it to the same buffer as past_key.i, so the step writes its key in place at `step`."""
+    return f"present_key.{layer}"
+
+
+def present_value(layer: int) -> str:
+    """Fused decoder step only: the value cache after this step, bound to past_value.i's buffer."""
+    return f"present_value.{layer}"
+
+
 def cross_attention(layer: int) -> str:
     """Attention-emitting decoder only: one layer's cross-attention probabilities of this step,
     [batch, heads, enc_seq] float32 (each row sums to 1 over the encoder's tokens)."""
@@ -94,12 +110,35 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
+class FusedGraphs:
+    """A precision's graphs written with ONNX Runtime's fused operators (domain com.microsoft:
+    GroupQueryAttention, MultiHeadAttention, SkipLayerNormalization, BiasGelu...; export/fused.py): what
+    the CPU backend runs when a bundle has them. Their tensors differ from the plain graphs': keys are
+    [batch, heads, positions, head_dim] in the cross K/V and in the cache (not transposed), the cache is
+    updated in place (present_key.i/present_value.i bound to the past buffers), and the encoder takes
+    one image per run (pixel_values [1, 3, H, W]), which is what makes per-tensor int8 batch-invariant."""
+
+    encoder: GraphSpec
+    decoder: GraphSpec
+    decoder_attentions: GraphSpec | None = None
+
+
+@dataclass(frozen=True)
 class GraphPair:
     encoder: GraphSpec
     decoder: GraphSpec
     # The decoder step again, with cross_attention.i outputs: loaded only when attention maps are
     # asked for, so the normal step pays nothing for them. None: exported without --with-attentions.
     decoder_attentions: GraphSpec | None = None
+    fused: FusedGraphs | None = None  # the same model with fused operators (CPU default when present)
+
+
+def graph_specs(pair: GraphPair, attentions: bool = True) -> list[GraphSpec]:
+    """Every graph of a precision: plain and fused, with or without the attention-emitting steps."""
+    out = [pair.encoder, pair.decoder] + ([pair.decoder_attentions] if attentions else [])
+    if pair.fused is not None:
+        out += [pair.fused.encoder, pair.fused.decoder] + ([pair.fused.decoder_attentions] if attentions else [])
+    return [g for g in out if g is not None]
 
 
 @dataclass(frozen=True)
@@ -130,6 +169,12 @@ class Architecture:
     # class/distillation tokens first, then a rows x columns grid of patches (Swin: its last stage).
     encoder_grid: list[int] | None = None
     encoder_prefix_tokens: int | None = None
+    # The encoder's patch side in pixels: content thinner than this reaches the model as a sliver
+    # (the runtime warns, naming the image). None in bundles written before it was recorded.
+    encoder_patch_size: int | None = None
+    # Florence-2: the encoder's sequence is encoder_seq_len image tokens, then the prompt's tokens
+    # (so cross K/V and attentions have a symbolic length; attention maps drop the prompt's part)
+    encoder_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +201,43 @@ class Generation:
     # generate(decoder_input_ids=...) puts the decoder start token before a prompt, except for Donut
     # checkpoints, whose prompt is the whole decoder input (transformers PR #31470)
     prompt_includes_start: bool = False
+    # A stopping rule beyond eos and max_new_tokens (edgecap.stopping.STOPPING_RULES): "nougat", the
+    # repetition stop of Nougat's own inference, which Nougat checkpoints are exported with. None: none.
+    stopping: str | None = None
+    # Clean-up of the decoded text (edgecap.text.POSTPROCESSORS), e.g. "nougat": Nougat's markdown
+    # clean-up (NougatTokenizerFast.post_process_generation). None: the text as decoded.
+    postprocess: str | None = None
+    # Where a prompt goes: "decoder" (after the start token, as generate(decoder_input_ids=...)) or
+    # "encoder" (Florence-2: the task prompt is read by the encoder with the image; the decoder starts
+    # from the start token alone). With "encoder", prompt_ids is the default prompt's encoder tokens.
+    prompt_target: str = "decoder"
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """A Florence-2 task token and the question Florence2Processor puts in its place."""
+
+    task: str  # e.g. "<OD>"
+    question: str  # e.g. "Locate the objects with category name in the image."; "{input}" marks the task's input
+    takes_input: bool  # the text after the task token fills {input} (phrase grounding, region tasks)
+
+
+@dataclass(frozen=True)
+class Florence2Spec:
+    """How a Florence-2 bundle turns prompts into encoder tokens and answers into structures, read from
+    the checkpoint's Florence2Processor at export (edgecap/florence2.py applies it)."""
+
+    tasks: list[TaskPrompt]  # the processor's order: tasks without input first (the first match wins)
+    answer_types: dict[str, str]  # task token -> post-processing type ("ocr", "description_with_bboxes"...)
+    default_prompt: str  # the prompt a caption call without one uses (export --prompt; default "<CAPTION>")
+    image_tokens: int  # the image's tokens, first in the encoder's sequence (where the processor puts <image>)
+    text_prefix: str  # the processor's frame around the question: bos before ...
+    text_suffix: str  # ... and eos after it, tokenized with it
+    encoder_max_positions: int  # image tokens + prompt tokens may not exceed the encoder's position table
+    location_bins: list[int] = field(default_factory=lambda: [1000, 1000])  # <loc_N> bins across width, height
+    ocr_pattern: str | None = None  # the post-processor's OCR regex when its config sets one (None: its default)
+    ocr_area_threshold: float = 0.0
+    banned_grounding_tokens: list[str] = field(default_factory=list)  # phrases phrase grounding drops
 
 
 @dataclass(frozen=True)
@@ -195,10 +277,12 @@ class Verification:
     mean_kl: float | None = None
     decisive_margin: float | None = None
     eval_images: str | None = None  # "user" (--eval-images) or "synthetic" (export's default images)
-    # fp32 only, measured when max_logit_diff exceeded the absolute tolerance: on the image that differed
-    # most, PyTorch fp32's own max logit error against PyTorch in float64, and the graphs' error against it
+    # fp32 only, measured when max_logit_diff exceeded the absolute tolerance: over every verified image
+    # and step, PyTorch fp32's own max logit error against PyTorch in float64, and the graphs' error
     fp64_pytorch_error: float | None = None
     fp64_error: float | None = None
+    fp64_pytorch_rms: float | None = None  # the same as root mean squares over every verified logit: the gate's
+    fp64_rms: float | None = None
     verified_steps: int | None = None  # tokens decoded per image at most (export's --verify-steps)
 
 
@@ -214,9 +298,17 @@ class Manifest:
     graphs: dict[str, GraphPair]  # precision -> graphs
     files: dict[str, str]  # relative path -> sha256 of every file but the manifest
     verification: dict[str, Verification] = field(default_factory=dict)
+    florence2: Florence2Spec | None = None  # Florence-2 bundles: prompts and answer parsing
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+        data = dataclasses.asdict(self)
+        # Fields added after version 2 are written only when they say something, so a bundle that
+        # does not use them reads the same as before they existed (and in runtimes that predate them).
+        for where, key, default in _LATE_FIELDS:
+            parent = data[where] if where else data
+            if parent.get(key) == default:
+                del parent[key]
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST_FILE) -> "Manifest":
@@ -235,6 +327,11 @@ class Manifest:
                 f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the model with this edgecap version"
             )
         return _build(cls, data, where)
+
+
+# (section or "" for the top level, key, default): see Manifest.to_json
+_LATE_FIELDS = (("", "florence2", None), ("generation", "prompt_target", "decoder"),
+                ("architecture", "encoder_prompt", False))
 
 
 # --- strict decoding of the dataclasses above --------------------------------------------------

@@ -13,6 +13,8 @@ import numpy as np
 
 from .errors import OptionsError
 from .manifest import Generation
+from .stopping import STOPPING_RULES
+from .text import POSTPROCESSORS
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,18 @@ class GenerationOptions:
     early_stopping: bool | str | None = None
     num_return_sequences: int | None = None
     # Decoder prompt: ids fed after the decoder start token (generate(decoder_input_ids=...)), or
-    # text tokenized without special tokens. Outputs are what follows the prompt.
+    # text tokenized without special tokens. Outputs are what follows the prompt. Bundles whose encoder
+    # reads the prompt (Florence-2: Generation.prompt_target "encoder") take a task prompt instead,
+    # e.g. "<OD>" or "<CAPTION_TO_PHRASE_GROUNDING>a red car", or its encoder token ids.
     prompt_ids: Sequence[int] | None = None
     prompt: str | None = None
     bad_words_ids: Sequence[Sequence[int]] | None = None  # generate()'s: sequences never generated
+    # A stopping rule beyond eos/max_new_tokens (edgecap.stopping): "nougat" (Nougat's repetition
+    # stop, greedy only), or "none" to turn off the bundle's; None: the bundle's default.
+    stopping: str | None = None
+    # Clean-up of the decoded text (edgecap.text.POSTPROCESSORS): "nougat" (Nougat's markdown clean-up),
+    # "nougat-no-markdown", or "none"; None: the bundle's default. Tokens and scores are unchanged.
+    postprocess: str | None = None
 
     def check_types(self) -> None:
         """Each given option has the type generate() takes (a float beam count or a string length is a
@@ -73,7 +83,12 @@ class GenerationOptions:
         else:
             prompt = tuple(int(t) for t in pick("prompt_ids"))
         start = defaults.decoder_start_token_id
-        if defaults.prompt_includes_start and prompt:
+        encoder_input: tuple[int, ...] = ()
+        if defaults.prompt_target == "encoder":  # the encoder reads it; the decoder starts alone
+            if not prompt:
+                raise OptionsError("this model reads a task prompt in its encoder: give a prompt (e.g. '<CAPTION>')")
+            encoder_input, decoder_input = prompt, (start,)
+        elif defaults.prompt_includes_start and prompt:
             decoder_input = prompt
         else:  # generate() adds the start token unless the prompt already begins with it
             decoder_input = prompt if prompt and prompt[0] == start else (start, *prompt)
@@ -88,12 +103,15 @@ class GenerationOptions:
             num_return_sequences=int(pick("num_return_sequences")),
             decoder_start_token_id=start,
             decoder_input_ids=decoder_input,
+            encoder_input_ids=encoder_input,
             bad_words_ids=_bad_words(pick("bad_words_ids"), defaults.eos_token_ids),
             max_positions=max_positions,
             eos_token_ids=tuple(defaults.eos_token_ids),
             pad_token_id=defaults.pad_token_id,
             forced_bos_token_id=defaults.forced_bos_token_id,
             forced_eos_token_ids=tuple(defaults.forced_eos_token_ids),
+            stopping=_choice("stopping", self.stopping, defaults.stopping, STOPPING_RULES),
+            postprocess=_choice("postprocess", self.postprocess, defaults.postprocess, POSTPROCESSORS),
         )
         opts.check()
         return opts
@@ -114,8 +132,11 @@ class ResolvedOptions:
     forced_bos_token_id: int | None = None
     forced_eos_token_ids: tuple[int, ...] = ()
     decoder_input_ids: tuple[int, ...] = ()  # start token and prompt: what the decoder is fed first
+    encoder_input_ids: tuple[int, ...] = ()  # the prompt the encoder reads (Generation.prompt_target "encoder")
     bad_words_ids: tuple[tuple[int, ...], ...] = ()
     max_positions: int | None = None
+    stopping: str | None = None  # one of edgecap.stopping.STOPPING_RULES, or None
+    postprocess: str | None = None  # one of edgecap.text.POSTPROCESSORS, or None
 
     def __post_init__(self) -> None:
         if not self.decoder_input_ids:
@@ -144,6 +165,9 @@ class ResolvedOptions:
             raise OptionsError(
                 f"num_return_sequences ({self.num_return_sequences}) must be between 1 and num_beams ({self.num_beams})"
             )
+        if self.stopping is not None and self.num_beams > 1:
+            raise OptionsError(f"stopping={self.stopping!r} decodes greedily (num_beams=1), as Nougat does; got "
+                               f"num_beams={self.num_beams} (pass stopping='none' to search beams without it)")
         # The decoder is fed the prompt and every generated token but the last: each needs a position.
         fed = self.prompt_len + self.max_new_tokens - 1
         if self.max_positions is not None and fed > self.max_positions:
@@ -167,6 +191,16 @@ def _bad_words(value, eos_ids: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     if any(not seq or min(seq) < 0 for seq in seqs):
         raise OptionsError(f"bad_words_ids must hold non-empty lists of token ids >= 0, got {value!r}")
     return tuple(seq for seq in seqs if not (len(seq) == 1 and seq[0] in eos_ids))
+
+
+def _choice(name: str, asked: str | None, default: str | None, known: Sequence[str]) -> str | None:
+    """The named rule in force (asked, else the bundle's); "none" turns the bundle's off."""
+    value = default if asked is None else asked
+    if value in (None, "none"):
+        return None
+    if value not in known:
+        raise OptionsError(f"{name} must be one of {', '.join(known)} or 'none', got {value!r}")
+    return value
 
 
 OPTION_NAMES = tuple(f.name for f in fields(GenerationOptions))

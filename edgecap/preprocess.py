@@ -1,20 +1,17 @@
 """Image loading and preprocessing that reproduces Hugging Face's PIL ("slow") image processors.
 
-The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor`` or
-``DonutImageProcessor`` (``image_processing_pil_{vit,deit,donut}`` in transformers 5.x), so any
+The encoder was trained on pixels produced by ``ViTImageProcessor`` / ``DeiTImageProcessor``,
+``CLIPImageProcessor`` (Florence-2's; the same resize-and-crop pipeline with CLIP's defaults) or
+``DonutImageProcessor`` (``image_processing_pil_{vit,deit,clip,donut}`` in transformers 5.x), so any
 difference here is silent accuracy loss.  Every step therefore mirrors the transformers code path
 op for op: PIL resize on uint8 pixels, integer center-crop offsets (with zero padding when the
 image is smaller than the crop), rescale computed in float64 then cast to float32, and normalize
 computed in float32.  The result matches transformers to within 1e-6.
 
-Donut (``PreprocessSpec.kind == "donut"``) replaces the resize with its own geometry, in this
-order: align the long axis (a quarter turn clockwise when the image's orientation differs from
-``size``'s), resize the shortest edge to ``min(size)``, shrink to fit ``size`` (``do_thumbnail``),
-then pad with black to exactly ``size``, centered (inference's ``random_padding=False``).
-transformers 4.x differs in one place: its thumbnail always resampled BICUBIC with
-``reducing_gap=2.0``, 5.x uses the configured ``resample`` (``NEAREST`` falls back to BICUBIC);
-edgecap follows 5.x.  The two agree whenever the thumbnail does not shrink the image, which is the
-case for images no more elongated than ``size`` (e.g. portrait pages for a 2560x1920 model).
+Donut and Nougat (``PreprocessSpec.kind`` ``"donut"``, ``"nougat"``) replace the resize with their
+processors' page geometry (crop margin, align the long axis, shortest-edge resize, thumbnail, centered
+pad): see :mod:`edgecap.docimage`, which also says where transformers 4.x and 5.x differ and how the
+spec records what the exporting line did.
 
 Deviations from transformers (deliberate, see :func:`to_rgb` and :func:`load_image`):
 
@@ -39,6 +36,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edgecap.docimage import document_geometry, resize_hw
 from edgecap.errors import ImageError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +44,7 @@ logger = logging.getLogger(__name__)
 ImageSource = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
 
 IMAGENET_STANDARD = (0.5, 0.5, 0.5)
+IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MAX_SIDE = 1 << 15  # an encoder input side beyond this is a corrupt config, not a model
 # Class-level defaults of the transformers processors, used for keys a config omits
 # (transformers/models/{vit,deit}/image_processing_pil_*.py and BaseImageProcessor).
@@ -62,15 +61,34 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
               "do_center_crop": False, "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255,
               "do_normalize": True, "image_mean": IMAGENET_STANDARD, "image_std": IMAGENET_STANDARD,
               "do_align_long_axis": False, "do_thumbnail": True, "do_pad": True},
+    # transformers/models/nougat/image_processing_pil_nougat.py (4.x: image_processing_nougat.py)
+    "nougat": {"do_resize": True, "size": {"height": 896, "width": 672}, "resample": 2,
+               "do_center_crop": False, "crop_size": None, "do_rescale": True, "rescale_factor": 1 / 255,
+               "do_normalize": True, "image_mean": IMAGENET_DEFAULT_MEAN, "image_std": IMAGENET_DEFAULT_STD,
+               "do_crop_margin": True, "do_align_long_axis": False, "do_thumbnail": True, "do_pad": True},
+    # transformers/models/clip/image_processing_pil_clip.py (Florence-2's processor: its config sets
+    # size 768x768, no crop, ImageNet mean/std); the resize-and-crop pipeline of "vit"
+    "clip": {"do_resize": True, "size": {"shortest_edge": 224}, "resample": 3, "do_center_crop": True,
+             "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+             "do_normalize": True, "image_mean": (0.48145466, 0.4578275, 0.40821073),
+             "image_std": (0.26862954, 0.26130258, 0.27577711)},
 }
 _FAMILY = {
     f"{arch}{suffix}": family
-    for arch, family in (("ViT", "vit"), ("DeiT", "deit"), ("Donut", "donut"))
+    for arch, family in (("ViT", "vit"), ("DeiT", "deit"), ("Donut", "donut"), ("Nougat", "nougat"),
+                                 ("CLIP", "clip"))
     for suffix in ("ImageProcessor", "ImageProcessorPil", "ImageProcessorFast", "FeatureExtractor")
 }
-KINDS = ("vit", "donut")  # PreprocessSpec.kind: the ViT/DeiT resize-and-crop pipeline, or Donut's
-# Fields that only Donut's pipeline reads; absent from bundles written before it existed.
+# PreprocessSpec.kind: the ViT/DeiT resize-and-crop pipeline, or a document processor's page geometry
+KINDS = ("vit", "donut", "nougat")
+DOCUMENT_KINDS = ("donut", "nougat")
+# Fields that only the document pipelines read; absent from bundles written before Donut support.
 _DONUT_ONLY = ("do_align_long_axis", "do_thumbnail", "do_pad")
+# Written only where they apply (Nougat's margin crop; a thumbnail filter other than transformers
+# 5.x Donut's), so bundles written before them read back byte for byte.
+_OPTIONAL = ("do_crop_margin", "thumbnail_resample", "thumbnail_reducing_gap")
+# The thumbnail filter of Nougat's processor (both lines) and of Donut's on transformers 4.x
+LEGACY_THUMBNAIL = (3, 2.0)  # PIL BICUBIC, reducing_gap=2.0
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
@@ -98,9 +116,11 @@ def _triple(value: Any, name: str) -> tuple[float, float, float]:
 class PreprocessSpec:
     """Everything needed to turn an RGB image into encoder input; mirrors the HF processor fields.
 
-    ``kind`` picks the pipeline: ``"vit"`` (ViT and DeiT: resize, center crop) or ``"donut"``
-    (align long axis, shortest-edge resize, thumbnail, centered pad, then an optional center crop).
-    The last four fields have defaults so that specs stored before Donut support still load.
+    ``kind`` picks the pipeline: ``"vit"`` (ViT and DeiT: resize, center crop), or ``"donut"`` /
+    ``"nougat"`` (the page geometry of :mod:`edgecap.docimage`, then an optional center crop).
+    The fields after ``image_std`` have defaults so that specs stored before them still load.
+    ``thumbnail_resample`` / ``thumbnail_reducing_gap`` record the thumbnail's filter where it is not
+    the configured ``resample`` (None: transformers 5.x Donut's rule).
     """
 
     do_resize: bool
@@ -117,6 +137,9 @@ class PreprocessSpec:
     do_align_long_axis: bool = False
     do_thumbnail: bool = False
     do_pad: bool = False
+    do_crop_margin: bool = False
+    thumbnail_resample: int | None = None
+    thumbnail_reducing_gap: float | None = None
 
     def __post_init__(self) -> None:
         # Validate once here so that preprocess() never fails half-way through a batch.
@@ -130,14 +153,22 @@ class PreprocessSpec:
             raise ValueError(f"size must have keys height+width or shortest_edge, got {sorted(self.size)}")
         if any(v <= 0 for v in self.size.values()):
             raise ValueError(f"size values must be positive, got {self.size}")
-        if self.kind == "donut" and "height" not in self.size:
-            raise ValueError(f"Donut preprocessing needs size with height and width, got {sorted(self.size)}")
-        for name in _DONUT_ONLY:
+        if self.kind in DOCUMENT_KINDS and "height" not in self.size:
+            raise ValueError(f"{self.kind.capitalize()} preprocessing needs size with height and width, "
+                             f"got {sorted(self.size)}")
+        for name in _DONUT_ONLY + ("do_crop_margin",):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        donut_only = [name for name in _DONUT_ONLY if getattr(self, name)]
-        if self.kind != "donut" and donut_only:
-            raise ValueError(f"{', '.join(donut_only)} need kind 'donut', got kind {self.kind!r}")
+        document_only = [name for name in _DONUT_ONLY + _OPTIONAL if getattr(self, name) not in (False, None)]
+        if self.kind not in DOCUMENT_KINDS and document_only:
+            raise ValueError(f"{', '.join(document_only)} need kind 'donut' or 'nougat', got kind {self.kind!r}")
+        if self.do_crop_margin and self.kind != "nougat":
+            raise ValueError(f"do_crop_margin needs kind 'nougat', got kind {self.kind!r}")
+        if self.thumbnail_resample is not None and self.thumbnail_resample not in (0, 1, 2, 3, 4, 5):
+            raise ValueError(f"thumbnail_resample must be a PIL resampling code 0..5, got {self.thumbnail_resample!r}")
+        gap = self.thumbnail_reducing_gap
+        if gap is not None and (isinstance(gap, bool) or not isinstance(gap, (int, float)) or gap < 1.0):
+            raise ValueError(f"thumbnail_reducing_gap must be a number >= 1 or null, got {gap!r}")
         if self.do_center_crop:
             if self.crop_size is None or set(self.crop_size) != {"height", "width"}:
                 raise ValueError(f"do_center_crop needs crop_size with height and width, got {self.crop_size}")
@@ -162,10 +193,11 @@ class PreprocessSpec:
         """(H, W) of the encoder input, known only when it does not depend on the input image."""
         if self.do_center_crop and self.crop_size is not None:
             return (self.crop_size["height"], self.crop_size["width"])
-        if self.kind == "donut":
+        if self.kind in DOCUMENT_KINDS:
             if self.do_pad:
                 return (self.size["height"], self.size["width"])
-            raise ValueError("Donut preprocessing without do_pad: output size depends on the input image")
+            raise ValueError(f"{self.kind.capitalize()} preprocessing without do_pad: output size depends "
+                             "on the input image")
         if self.do_resize and "height" in self.size:
             return (self.size["height"], self.size["width"])
         if self.do_resize:
@@ -173,8 +205,12 @@ class PreprocessSpec:
         raise ValueError("no resize and no center crop: output size depends on the input image")
 
     @classmethod
-    def from_hf_config(cls, cfg: dict) -> PreprocessSpec:
-        """Build from a ``preprocessor_config.json`` dict, filling omitted keys with the HF class defaults."""
+    def from_hf_config(cls, cfg: dict, transformers_major: int | None = None) -> PreprocessSpec:
+        """Build from a ``preprocessor_config.json`` dict, filling omitted keys with the HF class defaults.
+
+        ``transformers_major``: the transformers line whose processor to reproduce where the lines
+        differ (Donut's thumbnail filter: 4.x's BICUBIC with ``reducing_gap=2.0``); None means 5.x.
+        """
         kind = cfg.get("image_processor_type") or cfg.get("feature_extractor_type")
         if kind is None:
             raise ValueError("preprocessor config has neither image_processor_type nor feature_extractor_type")
@@ -190,11 +226,13 @@ class PreprocessSpec:
         ignored = sorted(set(cfg) - set(values) - {"image_processor_type", "feature_extractor_type"})
         if ignored:
             logger.debug("preprocessor config keys not used by edgecap: %s", ", ".join(ignored))
-        if family == "donut":
-            values["kind"] = "donut"
+        if family in DOCUMENT_KINDS:
+            values["kind"] = family
             if isinstance(values["size"], (list, tuple)):
                 # Donut's legacy feature-extractor size is (width, height), e.g. donut-base's [1920, 2560].
                 values["size"] = list(values["size"])[::-1]
+        if family == "nougat" or (family == "donut" and transformers_major is not None and transformers_major < 5):
+            values["thumbnail_resample"], values["thumbnail_reducing_gap"] = LEGACY_THUMBNAIL
         values["resample"] = int(values["resample"])
         values["rescale_factor"] = float(values["rescale_factor"])
         return cls(**values)
@@ -202,8 +240,9 @@ class PreprocessSpec:
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists) that :meth:`from_dict` reads back.
 
-        A ViT-kind spec is written without the Donut-only keys, exactly as before they existed, so
-        older runtimes still read it; a Donut spec carries them, so older runtimes refuse it.
+        A ViT-kind spec is written without the document-only keys, exactly as before they existed,
+        so older runtimes still read it; a Donut spec carries its keys (and the optional ones only
+        where they apply), so older runtimes refuse what they would misread.
         """
         d = asdict(self)
         d["image_mean"] = list(self.image_mean)
@@ -211,13 +250,16 @@ class PreprocessSpec:
         if self.kind == "vit":
             for name in ("kind",) + _DONUT_ONLY:
                 del d[name]
+        for name in _OPTIONAL:
+            if d[name] in (False, None):
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
         """Strict inverse of :meth:`to_dict`: a bundle written by another version must not be misread."""
         expected = {f.name for f in fields(cls)}
-        optional = {"kind"} | set(_DONUT_ONLY)
+        optional = {"kind"} | set(_DONUT_ONLY) | set(_OPTIONAL)
         unknown, missing = sorted(set(d) - expected), sorted(expected - optional - set(d))
         if unknown or missing:
             problems = ([f"unknown keys: {', '.join(unknown)}"] if unknown else []) + (
@@ -345,16 +387,6 @@ def load_image(source: ImageSource) -> Image.Image:
     raise TypeError(_type_problem(source))
 
 
-def _resize_hw(width: int, height: int, size: dict[str, int]) -> tuple[int, int]:
-    """Target (H, W), as transformers' ``get_resize_output_image_size(default_to_square=False)``."""
-    if "height" in size:
-        return (size["height"], size["width"])
-    edge = size["shortest_edge"]
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = edge, int(edge * long / short)
-    return (new_long, new_short) if width <= height else (new_short, new_long)
-
-
 def _center_crop(pixels: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     """Center crop an HxWxC array, zero-padding like transformers when the image is smaller."""
     h, w = pixels.shape[:2]
@@ -377,60 +409,23 @@ def _source_name(image: ImageSource) -> str:
     return str(getattr(image, "filename", "") or "<image>")
 
 
-def _donut_thumbnail(rgb: Image.Image, height: int, width: int, resample: int, source: str) -> Image.Image:
-    """Shrink to fit (height, width) keeping the aspect ratio, with transformers' integer rounding."""
-    in_h, in_w = rgb.height, rgb.width
-    out_h, out_w = min(in_h, height), min(in_w, width)
-    if (out_h, out_w) == (in_h, in_w):
-        return rgb
-    if in_h > in_w:
-        out_w = int(in_w * out_h / in_h)
-    elif in_w > in_h:
-        out_h = int(in_h * out_w / in_w)
-    if out_h == 0 or out_w == 0:  # transformers fails here too (PIL refuses a 0-pixel resize)
-        raise ImageError(source, f"too elongated for Donut's {width}x{height} input: shrinking it "
-                                 f"({in_w}x{in_h} after resizing) to fit gives {out_w}x{out_h} pixels")
-    # transformers 5.x passes `resample or BICUBIC`, so NEAREST (0) becomes BICUBIC here.
-    return rgb.resize((out_w, out_h), resample=resample or Image.Resampling.BICUBIC)
+def preprocess_one(image: ImageSource, spec: PreprocessSpec, min_side: int | None = None,
+                   source: str | None = None) -> np.ndarray:
+    """One image to a float32 ``[3, H, W]`` array, bit-compatible with the HF PIL processors.
+
+    ``min_side`` (document kinds): warn, naming the image, when its content reaches the model
+    thinner than this many pixels (the Captioner passes the encoder's patch size). ``source``: the
+    name for messages (default: the path, or ``<image>``).
+    """
+    return _pixels(load_image(image), spec, source or _source_name(image), min_side)
 
 
-def _donut_pad(pixels: np.ndarray, height: int, width: int, source: str) -> np.ndarray:
-    """Zero-pad an HxWxC array to (height, width), centered (Donut's inference padding)."""
-    h, w = pixels.shape[:2]
-    delta_h, delta_w = height - h, width - w
-    if delta_h < 0 or delta_w < 0:
-        raise ImageError(source, f"is {w}x{h} after resizing, larger than Donut's {width}x{height} input "
-                                 "(the preprocessor config has do_thumbnail off)")
-    top, left = delta_h // 2, delta_w // 2
-    padded = np.zeros((height, width) + pixels.shape[2:], dtype=pixels.dtype)
-    padded[top:top + h, left:left + w] = pixels
-    return padded
-
-
-def _donut_geometry(rgb: Image.Image, spec: PreprocessSpec, source: str) -> np.ndarray:
-    """Donut's align / resize / thumbnail / pad steps (DonutImageProcessor._preprocess), as uint8 HxWx3."""
-    height, width = spec.size["height"], spec.size["width"]
-    if spec.do_align_long_axis and ((width < height and rgb.width > rgb.height)
-                                    or (width > height and rgb.width < rgb.height)):
-        # transformers' np.rot90(k=3) over (H, W): a quarter turn clockwise, pixel-exact in PIL.
-        rgb = rgb.transpose(Image.Transpose.ROTATE_270)
-    if spec.do_resize:
-        out_h, out_w = _resize_hw(rgb.width, rgb.height, {"shortest_edge": min(height, width)})
-        rgb = rgb.resize((out_w, out_h), resample=spec.resample)
-    if spec.do_thumbnail:
-        rgb = _donut_thumbnail(rgb, height, width, spec.resample, source)
-    pixels: np.ndarray = np.asarray(rgb)
-    return _donut_pad(pixels, height, width, source) if spec.do_pad else pixels
-
-
-def preprocess_one(image: ImageSource, spec: PreprocessSpec) -> np.ndarray:
-    """One image to a float32 ``[3, H, W]`` array, bit-compatible with the HF PIL processors."""
-    rgb = load_image(image)
-    if spec.kind == "donut":
-        pixels = _donut_geometry(rgb, spec, _source_name(image))
+def _pixels(rgb: Image.Image, spec: PreprocessSpec, source: str, min_side: int | None) -> np.ndarray:
+    if spec.kind in DOCUMENT_KINDS:
+        pixels = document_geometry(rgb, spec, source, min_side)
     else:
         if spec.do_resize:
-            out_h, out_w = _resize_hw(rgb.width, rgb.height, spec.size)
+            out_h, out_w = resize_hw(rgb.width, rgb.height, spec.size)
             rgb = rgb.resize((out_w, out_h), resample=spec.resample)
         pixels = np.asarray(rgb)  # H x W x 3 uint8
     if spec.do_center_crop and spec.crop_size is not None:
@@ -473,15 +468,27 @@ def image_list(images: object) -> list[ImageSource]:
     return out
 
 
-def preprocess(images: Sequence[ImageSource], spec: PreprocessSpec) -> np.ndarray:
-    """A batch of images to a C-contiguous float32 ``[B, 3, H, W]`` array."""
+def preprocess(images: Sequence[ImageSource], spec: PreprocessSpec, min_side: int | None = None) -> np.ndarray:
+    """A batch of images to a C-contiguous float32 ``[B, 3, H, W]`` array (``min_side``: see
+    :func:`preprocess_one`)."""
+    return preprocess_sized(images, spec, min_side)[0]
+
+
+def preprocess_sized(images: Sequence[ImageSource], spec: PreprocessSpec,
+                     min_side: int | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """`preprocess`, and each image's (width, height) as loaded (after EXIF rotation): the size in
+    which answers with locations (Florence-2's boxes) are given."""
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         raise TypeError("preprocess() takes a sequence of images; use preprocess_one() for a single image")
     if len(images) == 0:
         raise ValueError("preprocess() needs at least one image")
-    arrays = [preprocess_one(image, spec) for image in images]
+    arrays, sizes = [], []
+    for image in images:
+        rgb = load_image(image)
+        sizes.append((rgb.width, rgb.height))
+        arrays.append(_pixels(rgb, spec, _source_name(image), min_side))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images preprocess to different shapes {sorted(shapes)}; "
-                         "enable resize to height/width, center crop or (Donut) pad to batch them")
-    return np.stack(arrays)
+                         "enable resize to height/width, center crop or (Donut, Nougat) pad to batch them")
+    return np.stack(arrays), sizes

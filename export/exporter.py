@@ -27,7 +27,7 @@ from edgecap.bundle import sha256_file
 from edgecap.errors import EdgecapError, UnsupportedModelError
 from edgecap.preprocess import PreprocessSpec, preprocess
 
-from . import families, graphs, quantize, slowtokenizer, verify
+from . import bundlegraphs, families, family_florence2, quantize, slowtokenizer, verify
 from .evalimages import synthetic_images
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class ExportOptions:
     with_attentions: bool = False
     # the bundle's default decoder prompt (e.g. Donut's "<s_cord-v2>"), tokenized without special tokens
     prompt: str | None = None
+    # also write each CPU precision's graphs with ONNX Runtime's fused operators (what the CPU runs by
+    # default; export/bundlegraphs.py); False: the plain graphs only
+    fused: bool = True
 
 
 def _library_versions() -> dict[str, str]:
@@ -103,19 +106,33 @@ def _tokenizer_help(model: str, why: str) -> str:
 
 
 def load_model(model: str):
-    """The model, its tokenizer and its image processor config (local directory or hub id)."""
+    """The model, its tokenizer, its image preprocessing and, for models that read their prompt in the
+    encoder (Florence-2), the processor that builds that prompt, else None (local directory or hub id).
+
+    The image processor config is read and checked before any weights are loaded: a checkpoint
+    without one fails in a second, not after the weights (Florence-2's comes with its processor)."""
     from transformers import AutoConfig, AutoTokenizer, VisionEncoderDecoderModel
 
     _check_model_source(model)
+    family_florence2.check_layout(model)
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as exc:
         missing = not Path(model).exists()
         where = "directory not found, and the Hugging Face Hub did not provide it" if missing else "cannot read a model config"
         raise ExportError(f"{model}: {where} ({str(exc).splitlines()[0]})") from None
+    if family_florence2.is_florence2(config):
+        hf_model, tokenizer, proc_cfg, processor = family_florence2.load(model)
+        try:
+            spec = PreprocessSpec.from_hf_config(proc_cfg, transformers_major=_transformers_major())
+        except ValueError as exc:
+            raise ExportError(f"{model}: its processor's image processor: {exc}") from None
+        return hf_model, tokenizer, spec, processor
     if config.model_type != "vision-encoder-decoder":
-        raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder'")
+        raise UnsupportedModelError(f"{model}: model type {config.model_type!r}, expected 'vision-encoder-decoder' "
+                                    "or 'florence2'")
     families.check_supported(config.encoder.model_type, config.decoder.model_type)
+    spec = preprocess_spec(model)
     hf_model = VisionEncoderDecoderModel.from_pretrained(model, attn_implementation="eager").eval()
     families.repair_loaded(hf_model)
     try:
@@ -126,8 +143,7 @@ def load_model(model: str):
             tokenizer = _from_vocab_txt(model, None, f"and none could be loaded ({str(exc).splitlines()[0]})")
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
         tokenizer = _from_vocab_txt(model, tokenizer, f"but it has only a slow {type(tokenizer).__name__}")
-    proc_cfg = _read_processor_config(model)
-    return hf_model, tokenizer, proc_cfg
+    return hf_model, tokenizer, spec, None
 
 
 def _from_vocab_txt(model: str, slow, why: str):
@@ -161,31 +177,82 @@ def _plain_fast_tokenizer(model_dir: Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(path), **kwargs)
 
 
-def _read_processor_config(model: str) -> dict[str, Any]:
-    path = Path(model) / "preprocessor_config.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    try:  # a hub id
-        from transformers.utils import cached_file
+# Where transformers keeps an image processor's config: its own file (every 4.x save, and 5.x's
+# ImageProcessor.save_pretrained), or nested in the processor's file (5.x's *Processor.save_pretrained,
+# e.g. DonutProcessor, NougatProcessor); old checkpoints name feature extractors there.
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_NESTED_KEYS = ("image_processor", "feature_extractor")
 
-        return json.loads(Path(cached_file(model, "preprocessor_config.json")).read_text())
-    except Exception:
-        raise ExportError(f"{model}: preprocessor_config.json not found (the image processor config)") from None
+
+def _read_json(model: str, name: str) -> dict | None:
+    """A checkpoint file as JSON (local directory, else the hub's cache), None if it has none."""
+    path = Path(model) / name
+    if not path.is_file() and not Path(model).is_dir():
+        try:  # a hub id
+            from transformers.utils import cached_file
+
+            path = Path(cached_file(model, name))
+        except Exception:  # noqa: BLE001 - absent from the hub, or no network: looked for, not found
+            return None
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: cannot read it as JSON ({exc})") from None
+    return data if isinstance(data, dict) else None
+
+
+def read_processor_config(model: str) -> tuple[dict[str, Any], str]:
+    """The image processor config and the file it came from, in whichever layout transformers wrote."""
+    for name in PROCESSOR_FILES:
+        data = _read_json(model, name)
+        if data is None:
+            continue
+        if data.get("image_processor_type") or data.get("feature_extractor_type"):
+            return data, name
+        for key in _NESTED_KEYS:
+            nested = data.get(key)
+            if isinstance(nested, dict):
+                if not (nested.get("image_processor_type") or nested.get("feature_extractor_type")):
+                    # name it after the processor, as transformers' Auto classes would resolve it
+                    processor = str(data.get("processor_class") or "")
+                    if processor.endswith("Processor"):
+                        nested = {**nested, "image_processor_type": processor[: -len("Processor")] + "ImageProcessor"}
+                return nested, f"{name} ({key})"
+    raise ExportError(f"{model}: no image processor config found (looked in {' and '.join(PROCESSOR_FILES)}); "
+                      "save the checkpoint's processor into it with processor.save_pretrained(DIR)")
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def preprocess_spec(model: str) -> PreprocessSpec:
+    """The checkpoint's image preprocessing as the installed transformers line runs it."""
+    cfg, where = read_processor_config(model)
+    try:
+        return PreprocessSpec.from_hf_config(cfg, transformers_major=_transformers_major())
+    except ValueError as exc:
+        raise ExportError(f"{model}: {where}: {exc}") from None
 
 
 def generation_defaults(model, tokenizer) -> mf.Generation:
     """The model's generation config, reduced to what the runtime reproduces."""
     gen, cfg = model.generation_config, model.config
+    dec_cfg = cfg.decoder if hasattr(cfg, "decoder") else cfg.text_config  # Florence-2: its BART
 
     def first(*values):
         return next((v for v in values if v is not None), None)
 
-    start = first(gen.decoder_start_token_id, cfg.decoder_start_token_id, cfg.decoder.bos_token_id)
+    start = first(gen.decoder_start_token_id, getattr(cfg, "decoder_start_token_id", None), dec_cfg.bos_token_id)
     if start is None:
         raise ExportError("the model has no decoder_start_token_id (set it in its generation config)")
-    eos = first(gen.eos_token_id, cfg.decoder.eos_token_id, tokenizer.eos_token_id)
+    eos = first(gen.eos_token_id, dec_cfg.eos_token_id, tokenizer.eos_token_id)
     eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
-    pad = first(gen.pad_token_id, cfg.pad_token_id, cfg.decoder.pad_token_id)
+    pad = first(gen.pad_token_id, getattr(cfg, "pad_token_id", None), dec_cfg.pad_token_id)
     max_new = gen.max_new_tokens if gen.max_new_tokens is not None else (gen.max_length or 20) - 1
     min_new = max(gen.min_new_tokens or 0, (gen.min_length or 0) - 1, 0)
     ignored = [k for k in ("repetition_penalty", "suppress_tokens",
@@ -209,36 +276,39 @@ def generation_defaults(model, tokenizer) -> mf.Generation:
         bad_words_ids=[[int(t) for t in seq] for seq in (getattr(gen, "bad_words_ids", None) or [])],
         # transformers' generate() keeps a Donut prompt as the whole decoder input (no start token
         # before it): the same rule, recorded so the runtime needs no family knowledge
-        prompt_includes_start="donut" in cfg.encoder.model_type,
+        prompt_includes_start="donut" in families.model_types(cfg)[0],
     )
+
+
+def nougat_generation(gen: mf.Generation, tokenizer) -> mf.Generation:
+    """What Nougat's own inference (the nougat repository's NougatModel.inference and predict.py) adds
+    to the generation config: the repetition stop, the unknown token banned (`bad_words_ids=[[unk]]`,
+    also the model card's generate() call), and the markdown clean-up of its output (predict.py's
+    default; the model card calls post_process_generation too)."""
+    bad = list(gen.bad_words_ids)
+    unk = tokenizer.unk_token_id
+    if unk is not None and [int(unk)] not in bad and int(unk) not in gen.eos_token_ids:
+        bad.append([int(unk)])
+    return mf.Generation(**{**gen.__dict__, "stopping": gen.stopping or "nougat", "bad_words_ids": bad,
+                            "postprocess": gen.postprocess or "nougat"})
+
+
+def _prompt_ids(model: str, tokenizer, prompt: str) -> list[int]:
+    """--prompt as ids, refused (as `edgecap caption` refuses it) when a piece is unknown to the tokenizer."""
+    from edgecap.text import unknown_prompt_message
+
+    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    ids, unk = [int(t) for t in enc["input_ids"]], tokenizer.unk_token_id
+    if unk is not None and unk in ids:
+        pieces = [prompt[a:b] for t, (a, b) in zip(ids, enc["offset_mapping"]) if t == unk]
+        raise ExportError(f"{model}: --prompt: {unknown_prompt_message(prompt, pieces, str(tokenizer.unk_token))}")
+    return ids
 
 
 def _id_list(value) -> list[int]:
     if value is None:
         return []
     return [int(value)] if isinstance(value, int) else [int(v) for v in value]
-
-
-def _save_graph(model: onnx.ModelProto, path: Path) -> None:
-    quantize.save_graph(model, path)
-
-
-def _graph_spec(root: Path, rel: str) -> mf.GraphSpec:
-    """Signature of a saved graph, read back from the file (quantizers may rename nothing, but check)."""
-    from onnx import TensorProto
-
-    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64"}
-    model = onnx.load(str(root / rel), load_external_data=False)
-
-    def specs(values):
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
-            out.append(mf.TensorSpec(v.name, names[t.elem_type], dims))
-        return out
-
-    return mf.GraphSpec(rel, specs(model.graph.input), specs(model.graph.output))
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -253,38 +323,10 @@ def _check_options(options: ExportOptions) -> None:
         raise ExportError(f"--verify-images must be >= 1, got {options.verify_images}")
 
 
-def _build_precision(
-    prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str], calib_pixels: np.ndarray | None = None
-) -> mf.GraphPair:
-    """Write one precision's graphs under root/<prec>/ (the int4 encoder reuses int8's when present).
-
-    With `options.with_attentions`, the decoder step's attention-emitting variant too
-    (decoder_attn.onnx), built or derived exactly as the normal step is."""
-    decoders = ["decoder"] + (["decoder_attn"] if options.with_attentions else [])
-    if prec in graphs.BUILT_PRECISIONS:
-        _save_graph(graphs.build_encoder(enc, dec, prec)[0], root / prec / "encoder.onnx")
-        for name in decoders:
-            step = graphs.build_decoder_step(dec, enc.seq_len, prec, attentions=name == "decoder_attn")[0]
-            _save_graph(step, root / prec / f"{name}.onnx")
-        enc_rel = f"{prec}/encoder.onnx"
-    elif prec == "int8-qdq":
-        enc_feeds, dec_feeds = verify.calibration_feeds(root, calib_pixels)
-        quantize.quantize_int8_qdq(root / "fp32" / "encoder.onnx", root / prec / "encoder.onnx", enc_feeds)
-        for name in decoders:  # the same feeds calibrate both steps: their inputs are the same
-            quantize.quantize_int8_qdq(root / "fp32" / f"{name}.onnx", root / prec / f"{name}.onnx", dec_feeds)
-        enc_rel = f"{prec}/encoder.onnx"
-    elif prec == "int4":
-        for name in decoders:
-            quantize.quantize_int4(root / "fp32" / f"{name}.onnx", root / "int4" / f"{name}.onnx", options.int4_block_size)
-        if "int8" in done:
-            enc_rel = "int8/encoder.onnx"
-        else:
-            _save_graph(graphs.build_encoder(enc, dec, "int8")[0], root / "int4" / "encoder.onnx")
-            enc_rel = "int4/encoder.onnx"
-    else:
-        raise ExportError(f"unknown precision {prec!r}")
-    attn = _graph_spec(root, f"{prec}/decoder_attn.onnx") if options.with_attentions else None
-    return mf.GraphPair(_graph_spec(root, enc_rel), _graph_spec(root, f"{prec}/decoder.onnx"), attn)
+def _build_precision(prec: str, root: Path, enc, dec, options: ExportOptions, done: set[str],
+                     calib_pixels: np.ndarray | None = None) -> mf.GraphPair:
+    return bundlegraphs.build_precision(prec, root, enc, dec, options.with_attentions, options.fused,
+                                        options.int4_block_size, done, calib_pixels)
 
 
 def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None = None) -> Path:
@@ -293,13 +335,9 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     _check_options(options)
     out = Path(outdir)
     _check_outdir(out, options.force)
-    hf_model, tokenizer, proc_cfg = load_model(model)
+    hf_model, tokenizer, spec, processor = load_model(model)
     cfg = hf_model.config
-    try:
-        spec = PreprocessSpec.from_hf_config(proc_cfg)
-    except ValueError as exc:
-        raise ExportError(f"{model}: preprocessor_config.json: {exc}") from None
-    enc, dec = families.extract(hf_model)
+    enc, dec = families.extract(hf_model, spec.output_hw)
     if spec.output_hw != tuple(enc.image_hw):
         raise ExportError(f"{model}: the image processor makes {spec.output_hw} images but the encoder expects {enc.image_hw}")
     gen = generation_defaults(hf_model, tokenizer)
@@ -307,13 +345,18 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     if options.prompt and not encodes_text:
         raise ExportError(f"{model}: --prompt needs the model's own text encoding, and this checkpoint's tokenizer "
                           "was rebuilt from vocab.txt for decoding only; set prompt ids in its generation config")
-    if options.prompt:
-        ids = tokenizer(options.prompt, add_special_tokens=False)["input_ids"]
-        unknown = [t for t in ids if t == tokenizer.unk_token_id]
-        if unknown:
-            raise ExportError(f"{model}: --prompt {options.prompt!r} has tokens the tokenizer does not know")
-        gen = mf.Generation(**{**gen.__dict__, "prompt_ids": [int(t) for t in ids]})
+    florence, ref_model = None, hf_model
+    if processor is not None:  # Florence-2: the prompt is read by the encoder (family_florence2.py)
+        try:
+            florence, gen = family_florence2.prompts(processor, enc, gen, options.prompt)
+        except (ValueError, UnsupportedModelError) as exc:
+            raise ExportError(f"{model}: {exc}") from None
+        ref_model = family_florence2.PromptedModel(hf_model, gen.prompt_ids, enc.seq_len)
+    elif options.prompt:
+        gen = mf.Generation(**{**gen.__dict__, "prompt_ids": _prompt_ids(model, tokenizer, options.prompt)})
     prompt_len = len(gen.prompt_ids) + (0 if gen.prompt_includes_start and gen.prompt_ids else 1)
+    if gen.prompt_target == "encoder":
+        prompt_len = 1  # the decoder starts from its start token alone
     if gen.max_new_tokens + prompt_len - 1 > dec.max_positions:
         gen = mf.Generation(**{**gen.__dict__, "max_new_tokens": dec.max_positions - prompt_len + 1})
     verify_pixels = verify.random_images(spec, options.verify_images)
@@ -335,7 +378,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_dir(out)
     try:
-        log.info("building fp32 graphs for %s + %s", cfg.encoder.model_type, cfg.decoder.model_type)
+        enc_type, dec_type = families.model_types(cfg)
+        log.info("building fp32 graphs for %s + %s", enc_type, dec_type)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         pairs = {"fp32": _build_precision("fp32", tmp, enc, dec, options, set())}
         manifest = mf.Manifest(
@@ -344,8 +388,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             source=mf.Source(
                 model=str(model),
                 revision=getattr(cfg, "_commit_hash", None),
-                encoder_type=cfg.encoder.model_type,
-                decoder_type=cfg.decoder.model_type,
+                encoder_type=enc_type,
+                decoder_type=dec_type,
                 exporter=f"edgecap {edgecap.__version__}",
                 libraries=_library_versions(),
             ),
@@ -364,6 +408,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 decoder_step_params=dec.step_params(),
                 encoder_grid=list(enc.grid),
                 encoder_prefix_tokens=enc.prefix_count,
+                encoder_patch_size=int(enc.patch),
+                encoder_prompt=florence is not None,
             ),
             preprocess=spec.to_dict(),
             generation=gen,
@@ -375,29 +421,39 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             ),
             graphs=pairs,
             files={},
+            florence2=florence,
         )
         _write_manifest(tmp, manifest)
         vgen = verify.bounded(gen, options.verify_steps)  # at most verify_steps tokens per image
-        torch_ref = verify.torch_greedy(hf_model, verify_pixels, vgen)
-        report = verify.verify_fp32(hf_model, tmp, verify_pixels, vgen, torch_ref, options.max_logit_diff)
-        report = dataclasses.replace(report, verified_steps=vgen.max_new_tokens)
+        torch_ref = verify.torch_greedy(ref_model, verify_pixels, vgen)
+        # both forms of the fp32 graphs are held to PyTorch: the fused ones (what the CPU runs) and the
+        # plain ones (TensorRT's source, the reference); the manifest records the form the CPU runs
+        forms = [True, False] if pairs["fp32"].fused is not None else [False]
+        reports_fp32 = {fused: dataclasses.replace(verify.verify_fp32(ref_model, tmp, verify_pixels, vgen, torch_ref,
+                                                                      options.max_logit_diff, fused=fused),
+                                                   verified_steps=vgen.max_new_tokens) for fused in forms}
+        report = reports_fp32[forms[0]]
         log.info("fp32 vs PyTorch (%d images, up to %d tokens each): max logit difference %.2e, token agreement "
                  "%.1f%%%s", len(verify_pixels), vgen.max_new_tokens, report.max_logit_diff,
                  100 * report.token_agreement,
-                 "" if report.fp64_error is None else f"; against float64: edgecap {report.fp64_error:.2e}, "
-                 f"PyTorch fp32 {report.fp64_pytorch_error:.2e}")
-        problem = verify.fp32_problem(report, options.max_logit_diff, options.min_token_agreement)
-        if problem:
-            raise ExportError(f"verification failed: the fp32 graphs differ from PyTorch ({problem}); no bundle "
-                              "written. If this model's logits are large, a looser --max-logit-diff may be right")
+                 "" if report.fp64_rms is None else f"; against float64 (RMS): edgecap {report.fp64_rms:.2e}, "
+                 f"PyTorch fp32 {report.fp64_pytorch_rms:.2e}")
+        for fused, rep in reports_fp32.items():
+            problem = verify.fp32_problem(rep, options.max_logit_diff, options.min_token_agreement)
+            if problem:
+                raise ExportError(f"verification failed: the {'fused' if fused else 'plain'} fp32 graphs differ from "
+                                  f"PyTorch ({problem}); no bundle written. If this model's logits are large, a looser "
+                                  "--max-logit-diff may be right")
         reports = {"fp32": report}
+        if len(forms) > 1:
+            reports["fp32/plain"] = reports_fp32[False]
         refused: dict[str, str] = {}
         judge = verify.PrecisionJudge(tmp, eval_pixels, vgen, eval_source) if reduced else None
         for prec in reduced:
             log.info("building %s graphs", prec)
             pairs[prec] = _build_precision(prec, tmp, enc, dec, options, set(pairs), calib_pixels)
             _write_manifest(tmp, mf.Manifest(**{**manifest.__dict__, "graphs": pairs}))
-            rep = dataclasses.replace(judge.judge(hf_model, prec, verify_pixels, torch_ref),
+            rep = dataclasses.replace(judge.judge(ref_model, prec, verify_pixels, torch_ref),
                                       verified_steps=vgen.max_new_tokens)
             log.info("%s vs fp32: top-1 agreement %s on %d decisive of %d steps, mean KL %.2e nats; "
                      "captions equal %.1f%%; max logit difference to PyTorch %.2e", prec,
@@ -411,7 +467,13 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                 shutil.rmtree(tmp / prec, ignore_errors=True)
                 continue
             reports[prec] = rep
-        manifest = mf.Manifest(**{**manifest.__dict__, "graphs": pairs, "verification": reports})
+        # Verified with the checkpoint's own generation config (what generate() uses); what Nougat's
+        # inference adds to it goes into the bundle's defaults only now.
+        final_gen = nougat_generation(gen, tokenizer) if spec.kind == "nougat" else gen
+        if getattr(tokenizer, "edgecap_postprocess", None) and final_gen.postprocess is None:
+            final_gen = mf.Generation(**{**final_gen.__dict__, "postprocess": tokenizer.edgecap_postprocess})
+        manifest = mf.Manifest(**{**manifest.__dict__, "generation": final_gen, "graphs": pairs,
+                                  "verification": reports})
         _write_manifest(tmp, manifest)
         _move_into_place(tmp, out)
     except BaseException:

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgecap.errors import UnsupportedModelError
 
-from . import family_bart, family_bert, family_swin  # noqa: F401  (they register themselves)
+from . import family_bart, family_bert, family_florence2, family_swin  # noqa: F401  (they register themselves)
 from .registry import (
     DECODERS, ENCODERS, activation, conv1d, layer_norm, linear, register_decoder, register_encoder, to_numpy,
 )
@@ -45,8 +45,20 @@ def check_supported(encoder_type: str, decoder_type: str) -> None:
         )
 
 
-def extract(model: Any) -> tuple[Encoder, Decoder]:
-    """Family-neutral weights of a `VisionEncoderDecoderModel`."""
+def model_types(config: Any) -> tuple[str, str]:
+    """(encoder type, decoder type) of a checkpoint's config, as the manifest's source records them."""
+    if family_florence2.is_florence2(config):
+        return family_florence2.MODEL_TYPE, config.text_config.model_type
+    return config.encoder.model_type, config.decoder.model_type
+
+
+def extract(model: Any, image_hw: tuple[int, int] | None = None) -> tuple[Any, Decoder]:
+    """Family-neutral weights of a `VisionEncoderDecoderModel`, or of a Florence-2 model at input size
+    `image_hw` (its DaViT takes any size; the bundle's is its image processor's)."""
+    if family_florence2.is_florence2(model.config):
+        if image_hw is None:
+            raise ValueError("a Florence-2 model's weights are extracted for an input size (image_hw)")
+        return family_florence2.extract(model, image_hw)
     enc_type, dec_type = model.config.encoder.model_type, model.config.decoder.model_type
     check_supported(enc_type, dec_type)
     encoder = ENCODERS[enc_type](model.encoder)

@@ -20,8 +20,12 @@ def _attention(att: Any, scale: float) -> Attention:
 
 
 def bart_like(module: Any, pre_norm: bool) -> Decoder:
-    cfg = module.config
-    dec = module.model.decoder
+    return bart_decoder_weights(module.model.decoder, module.config, module.lm_head, pre_norm)
+
+
+def bart_decoder_weights(dec: Any, cfg: Any, lm_head: Any, pre_norm: bool) -> Decoder:
+    """A BART/mBART decoder stack (`BartDecoder`), its config and the LM head that reads it
+    (`BartForCausalLM`'s, or Florence-2's, whose BART is inside a larger model)."""
     heads = cfg.decoder_attention_heads
     scale = (cfg.d_model // heads) ** -0.5
     embed_scale = float(np.sqrt(cfg.d_model)) if cfg.scale_embedding else 1.0
@@ -48,7 +52,7 @@ def bart_like(module: Any, pre_norm: bool) -> Decoder:
         emb_ln=layer_norm(dec.layernorm_embedding) if getattr(dec, "layernorm_embedding", None) is not None else None,
         layers=layers,
         final_ln=layer_norm(final) if final is not None else None,
-        lm_head=linear(module.lm_head),
+        lm_head=linear(lm_head),
         num_heads=heads,
         pre_norm=pre_norm,
         max_positions=int(cfg.max_position_embeddings),

@@ -19,11 +19,19 @@ from edgecap import manifest as mf
 from .weights import Attention, LayerNorm, Linear
 
 OPSET = 17
+CONTRIB = "com.microsoft"  # ONNX Runtime's contrib operator domain
 _DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
 
 
 # Precisions whose graphs this module writes itself (int4 and int8-qdq are derived from fp32 ones).
 BUILT_PRECISIONS = ("fp32", "fp16", "int8")
+# How an int8 projection is written (GraphBuilder.linear):
+#   per-row        per-row quantization, MatMulInteger, then Cast and the two scales as ONNX ops
+#   per-row-fused  the same quantization, then MatMulIntegerToFloat with a unit activation scale (the
+#                  weights' per-channel scale applied in the kernel) and the per-row scale after it
+#   per-image      DynamicQuantizeMatMul: one kernel, one activation scale for the whole tensor, so
+#                  batch-invariant only in a graph that always holds one image (fused encoders)
+INT8_FORMS = ("per-row", "per-row-fused", "per-image")
 
 
 class GraphBuilder:
@@ -41,11 +49,16 @@ class GraphBuilder:
     is as fast as that one at every batch size (bench/RESULTS.md).
     """
 
-    def __init__(self, name: str, precision: str = "fp32") -> None:
+    def __init__(self, name: str, precision: str = "fp32", int8_form: str = "per-row") -> None:
         if precision not in BUILT_PRECISIONS:
             raise ValueError(f"graphs are built in {', '.join(BUILT_PRECISIONS)}, not {precision!r}")
+        if int8_form not in INT8_FORMS:
+            raise ValueError(f"int8_form must be one of {', '.join(INT8_FORMS)}, not {int8_form!r}")
         self.name = name
         self.precision = precision
+        self.int8_form = int8_form
+        # fused graphs (fused.py): blocks shared with the plain graphs use ONNX Runtime's fused operators
+        self.fused = int8_form != "per-row"
         self.half = precision == "fp16"
         self.kv_dtype = "float16" if self.half else "float32"
         self._casts: dict[tuple[str, int], str] = {}
@@ -76,6 +89,11 @@ class GraphBuilder:
             self.op("Identity", [value], outputs=[name])
         else:
             self._renames[value] = name
+        self.outputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
+        self.specs_out.append(mf.TensorSpec(name, dtype, list(shape)))
+
+    def declare_output(self, name: str, dtype: str, shape: list) -> None:
+        """A graph output some node already writes under its final `name` (no rename, no Identity)."""
         self.outputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
         self.specs_out.append(mf.TensorSpec(name, dtype, list(shape)))
 
@@ -117,8 +135,11 @@ class GraphBuilder:
 
     # --- layers ----------------------------------------------------------------------------
 
-    def linear(self, x: str, lin: Linear, prefix: str) -> str:
-        """x (fp32 or compute dtype) @ w + b, in the compute dtype."""
+    def linear(self, x: str, lin: Linear, prefix: str, with_bias: bool = True) -> str:
+        """x (fp32 or compute dtype) @ w + b, in the compute dtype; without the bias when the caller
+        adds it inside a fused operator (SkipLayerNormalization, BiasGelu...)."""
+        if not with_bias:
+            lin = Linear(lin.w, None)
         if self.precision == "int8":
             return self._linear_int8(x, lin, prefix)
         y = self.op("MatMul", [self.to_compute(x), self.param(f"{prefix}.weight", lin.w)])
@@ -146,13 +167,26 @@ class GraphBuilder:
         w_scale = np.abs(lin.w).max(axis=0) / 127.0
         w_scale[w_scale == 0] = 1.0
         w_q = np.clip(np.round(lin.w / w_scale), -127, 127).astype(np.int8)
+        w_scale = w_scale.astype(np.float32)
+        if self.int8_form == "per-image":
+            inputs = [x, self.weight(f"{prefix}.weight_q", w_q), self.weight(f"{prefix}.weight_scale", w_scale), ""]
+            if lin.b is not None:
+                inputs.append(self.weight(f"{prefix}.bias", lin.b.astype(np.float32)))
+            return self.op("DynamicQuantizeMatMul", inputs, domain=CONTRIB)
         x_q, x_scale = self.quantize_rows(x)
+        if self.int8_form == "per-row-fused":
+            acc = self.op("MatMulIntegerToFloat", [x_q, self.weight(f"{prefix}.weight_q", w_q), self.const(1.0, np.float32),
+                                                   self.weight(f"{prefix}.weight_scale", w_scale), self.const(128, np.uint8)],
+                          domain=CONTRIB)
+            y = self.op("Mul", [acc, x_scale])
+            if lin.b is not None:
+                y = self.op("Add", [y, self.weight(f"{prefix}.bias", lin.b.astype(np.float32))])
+            return y
         acc = self.op("MatMulInteger", [x_q, self.weight(f"{prefix}.weight_q", w_q), self.const(128, np.uint8)])
         # (acc * w_scale) * x_scale, in this order: written as acc * (x_scale * w_scale), ONNX Runtime
         # 1.32 fuses it into MatMulIntegerToFloat, which is 1.9x faster here but wrong with a per-row
         # a_scale (up to 32 % error on rows with small scales; bench/RESULTS.md, issue 10's levers).
-        y = self.op("Mul", [self.op("Cast", [acc], to=TensorProto.FLOAT),
-                            self.weight(f"{prefix}.weight_scale", w_scale.astype(np.float32))])
+        y = self.op("Mul", [self.op("Cast", [acc], to=TensorProto.FLOAT), self.weight(f"{prefix}.weight_scale", w_scale)])
         y = self.op("Mul", [y, x_scale])
         if lin.b is not None:
             y = self.op("Add", [y, self.weight(f"{prefix}.bias", lin.b.astype(np.float32))])
@@ -172,6 +206,15 @@ class GraphBuilder:
         y = self.linear(x, Linear(w, b), prefix)
         sizes = self.const([lin.w.shape[1] for lin in lins])
         return list(self.op("Split", [y, sizes], axis=-1, n_out=len(lins)))
+
+    def linears_packed(self, x: str, lins: list[Linear], prefix: str) -> str:
+        """Several projections of the same input as one product, their outputs side by side (not split):
+        what a fused attention operator takes as packed q/k/v."""
+        w = np.concatenate([lin.w for lin in lins], axis=1)
+        b = None
+        if any(lin.b is not None for lin in lins):
+            b = np.concatenate([lin.b if lin.b is not None else np.zeros(lin.w.shape[1], np.float32) for lin in lins])
+        return self.linear(x, Linear(w, b), prefix)
 
     def layer_norm(self, x: str, ln: LayerNorm, prefix: str) -> str:
         return self.op(
@@ -223,7 +266,10 @@ class GraphBuilder:
                     if v in self._renames:
                         field[i] = self._renames[v]
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgecap")
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(n.domain == CONTRIB for n in self.nodes):  # ONNX Runtime's fused operators (fused.py)
+            opsets.append(helper.make_opsetid(CONTRIB, 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="edgecap")
         model.ir_version = 8  # readable by onnxruntime >= 1.14 and TensorRT 10
         return model
 
@@ -247,3 +293,34 @@ def mlp_residual(g: GraphBuilder, x: str, layer, p: str) -> str:
     """x + fc2(act(fc1(LayerNorm(x)))): the pre-norm MLP half of a ViT or Swin block."""
     h = g.activation(g.linear(g.layer_norm(x, layer.ln_mlp, f"{p}.ln2"), layer.fc1, f"{p}.fc1"), layer.act)
     return g.op("Add", [x, g.to_float(g.linear(h, layer.fc2, f"{p}.fc2"))])
+
+
+# Activations with a fused bias form: exact GELU (erf) and the tanh approximation of GPT-2 & co.
+_BIAS_ACTIVATIONS = {"gelu": "BiasGelu", "gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu",
+                     "gelu_fast": "FastGelu"}
+
+
+def skip_norm(g: GraphBuilder, a: str, x: str, bias: np.ndarray | None, ln: LayerNorm, p: str) -> tuple[str, str]:
+    """(LayerNorm(x + a + bias), x + a + bias) as one SkipLayerNormalization."""
+    inputs = [a, x, g.weight(f"{p}.weight", ln.w), g.weight(f"{p}.bias", ln.b)]
+    if bias is not None:
+        inputs.append(g.weight(f"{p}.residual_bias", bias.astype(np.float32)))
+    normed, summed = g.fresh("skipln"), g.fresh("residual")
+    g.op("SkipLayerNormalization", inputs, outputs=[normed, "", "", summed], domain=CONTRIB, epsilon=float(ln.eps))
+    return normed, summed
+
+
+def residual(g: GraphBuilder, a: str, x: str, bias: np.ndarray | None, p: str) -> str:
+    """x + a + bias without a LayerNorm after it."""
+    if bias is not None:
+        a = g.op("Add", [a, g.weight(f"{p}.residual_bias", bias.astype(np.float32))])
+    return g.op("Add", [x, a])
+
+
+def mlp_activation(g: GraphBuilder, x: str, lin: Linear, act: str, p: str) -> str:
+    """act(x @ w + b) with the bias inside the activation's kernel where ONNX Runtime has one."""
+    op = _BIAS_ACTIVATIONS.get(act)
+    if op is None or lin.b is None:
+        return g.activation(g.linear(x, lin, p), act)
+    y = g.linear(x, lin, p, with_bias=False)
+    return g.op(op, [y, g.weight(f"{p}.bias", lin.b.astype(np.float32))], domain=CONTRIB)

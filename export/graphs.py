@@ -21,14 +21,14 @@ import onnx
 from edgecap import manifest as mf
 
 from .graphbuilder import BUILT_PRECISIONS, GraphBuilder, mlp_residual, self_attention, softmax  # noqa: F401 (BUILT_PRECISIONS re-exported)
+from .davit_graph import florence2_states
 from .swin_graph import swin_tokens
-from .weights import Decoder, Encoder, SwinEncoder
+from .weights import Decoder, Encoder, Florence2Encoder, SwinEncoder
 
 
-def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
-    """ViT/DeiT: pixels [B,3,H,W] -> encoder states [B, S, E] (fp32)."""
-    hidden, heads = enc.hidden, enc.num_heads
-    head_dim = hidden // heads
+def vit_embeddings(g: GraphBuilder, enc: Encoder, px: str) -> str:
+    """ViT/DeiT: pixels [B,3,H,W] -> patch embeddings with class/distillation tokens and positions [B, S, E]."""
+    hidden = enc.hidden
     conv = g.op(
         "Conv",
         [g.to_compute(px), g.param("patch.weight", enc.patch_w), g.param("patch.bias", enc.patch_b)],
@@ -40,7 +40,14 @@ def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
     batch = g.op("Gather", [g.op("Shape", [px]), g.const([0])], axis=0)
     prefix_shape = g.op("Concat", [batch, g.const(list(enc.prefix_tokens.shape))], axis=0)
     prefix = g.op("Expand", [g.weight("prefix_tokens", enc.prefix_tokens[None]), prefix_shape])
-    x = g.op("Add", [g.op("Concat", [prefix, patches], axis=1), g.weight("pos_emb", enc.pos_emb[None])])
+    return g.op("Add", [g.op("Concat", [prefix, patches], axis=1), g.weight("pos_emb", enc.pos_emb[None])])
+
+
+def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
+    """ViT/DeiT: pixels [B,3,H,W] -> encoder states [B, S, E] (fp32)."""
+    hidden, heads = enc.hidden, enc.num_heads
+    head_dim = hidden // heads
+    x = vit_embeddings(g, enc, px)
     for i, layer in enumerate(enc.layers):
         p = f"enc.{i}"
         a = self_attention(g, g.layer_norm(x, layer.ln_attn, f"{p}.ln1"), layer.attn, heads, head_dim, hidden, f"{p}.attn")
@@ -51,18 +58,23 @@ def vit_tokens(g: GraphBuilder, enc: Encoder, px: str) -> str:
     return x
 
 
-def build_encoder(enc: Encoder | SwinEncoder, dec: Decoder, precision: str = "fp32") -> tuple[onnx.ModelProto, list, list]:
-    """The encoder graph, which also projects every decoder layer's cross-attention K and V."""
+def build_encoder(
+    enc: Encoder | SwinEncoder | Florence2Encoder, dec: Decoder, precision: str = "fp32"
+) -> tuple[onnx.ModelProto, list, list]:
+    """The encoder graph, which also projects every decoder layer's cross-attention K and V.
+    Florence-2's also takes the prompt's token ids (mf.ENCODER_PROMPT_IDS) and reads them after the image."""
     g = GraphBuilder("edgecap_encoder", precision)
     h_img, w_img = enc.image_hw
     px = g.input(mf.PIXEL_VALUES, "float32", ["batch", enc.channels, h_img, w_img])
-    if isinstance(enc, SwinEncoder):
+    if isinstance(enc, Florence2Encoder):
+        x = florence2_states(g, enc, px)
+    elif isinstance(enc, SwinEncoder):
         x = swin_tokens(g, enc, px)
     else:
         x = vit_tokens(g, enc, px)
     if enc.to_decoder is not None:
         x = g.to_float(g.linear(x, enc.to_decoder, "enc_to_dec"))
-    seq = enc.seq_len
+    seq = enc.cross_seq
     kvs = g.linears(x, [m for layer in dec.layers for m in (layer.cross_attn.k, layer.cross_attn.v)], "dec.cross.kv")
     for i, layer in enumerate(dec.layers):
         k = g.heads(kvs[2 * i], dec.num_heads, dec.head_dim, transpose_key=True)
@@ -72,10 +84,38 @@ def build_encoder(enc: Encoder | SwinEncoder, dec: Decoder, precision: str = "fp
     return g.build(), g.specs_in, g.specs_out
 
 
+def decoder_embeddings(g: GraphBuilder, dec: Decoder, ids: str, step: str) -> tuple[str, str]:
+    """(hidden state [B, E], flat token ids [B]) of the tokens fed at `step`: token + position
+    embedding (the family's position rule, see weights.Decoder), then any embedding LayerNorm and
+    projection. One token per row, so the hidden state is 2-D [B, E] throughout: MatMul+Add become
+    Gemm-like kernels and splitting heads is a Reshape, not a Transpose."""
+    flat_ids = g.op("Reshape", [ids, g.const([-1])])  # [B]
+    tok = g.to_float(g.op("Gather", [g.param("token_emb", dec.token_emb), flat_ids], axis=0))  # [B,E]
+    pos_table = g.weight("pos_table", dec.pos_table.astype(np.float32))
+    if dec.position_kind == "offset":
+        pos_idx = g.op("Add", [step, g.const([dec.pos_offset])]) if dec.pos_offset else step
+        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [1,E]
+    elif dec.position_kind == "nonpad":
+        counted = g.op("Add", [step, g.const([dec.pad_idx + 1])])  # [1]
+        is_pad = g.op("Equal", [flat_ids, g.const(dec.pad_idx)])  # [B]
+        pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B]
+        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [B,E]
+    else:
+        raise ValueError(f"unknown position kind {dec.position_kind!r}")
+    x = g.op("Add", [tok, pos])
+    if dec.emb_ln is not None:
+        x = g.layer_norm(x, dec.emb_ln, "dec.emb_ln")
+    if dec.emb_proj is not None:
+        x = g.to_float(g.linear(x, dec.emb_proj, "dec.emb_proj"))
+    return x, flat_ids
+
+
 def build_decoder_step(
-    dec: Decoder, enc_seq: int, precision: str = "fp32", attentions: bool = False
+    dec: Decoder, enc_seq: int | str, precision: str = "fp32", attentions: bool = False
 ) -> tuple[onnx.ModelProto, list, list]:
     """One KV-cached decoder step over a fixed-length, masked self-attention cache.
+
+    enc_seq: the cross K/V's length, fixed (an int) or symbolic (a name: Florence-2's image + prompt).
 
     attentions: also output each layer's cross-attention probabilities of this step,
     cross_attention.i [B, heads, S] fp32 (the `--with-attentions` variant). The nodes are only
@@ -98,27 +138,7 @@ def build_decoder_step(
         cv = g.input(mf.cross_value(i), kv, ["images", heads, enc_seq, head_dim])
         crosses.append((ck, cv))
 
-    # Embeddings: token + position (position rule from the family, see weights.Decoder). One token
-    # per row, so the hidden state is 2-D [B, E] throughout: MatMul+Add become Gemm-like kernels and
-    # splitting heads is a Reshape, not a Transpose.
-    flat_ids = g.op("Reshape", [ids, g.const([-1])])  # [B]
-    tok = g.to_float(g.op("Gather", [g.param("token_emb", dec.token_emb), flat_ids], axis=0))  # [B,E]
-    pos_table = g.weight("pos_table", dec.pos_table.astype(np.float32))
-    if dec.position_kind == "offset":
-        pos_idx = g.op("Add", [step, g.const([dec.pos_offset])]) if dec.pos_offset else step
-        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [1,E]
-    elif dec.position_kind == "nonpad":
-        counted = g.op("Add", [step, g.const([dec.pad_idx + 1])])  # [1]
-        is_pad = g.op("Equal", [flat_ids, g.const(dec.pad_idx)])  # [B]
-        pos_idx = g.op("Where", [is_pad, g.const(dec.pad_idx), counted])  # [B]
-        pos = g.op("Gather", [pos_table, pos_idx], axis=0)  # [B,E]
-    else:
-        raise ValueError(f"unknown position kind {dec.position_kind!r}")
-    x = g.op("Add", [tok, pos])
-    if dec.emb_ln is not None:
-        x = g.layer_norm(x, dec.emb_ln, "dec.emb_ln")
-    if dec.emb_proj is not None:
-        x = g.to_float(g.linear(x, dec.emb_proj, "dec.emb_proj"))
+    x, flat_ids = decoder_embeddings(g, dec, ids, step)
 
     # Mask of valid cache slots: slot < step -> 0, else -inf. Built once, shared by all layers.
     cache_len = g.op("Gather", [g.op("Shape", [pasts[0][1]]), g.const([2])], axis=0)
@@ -167,8 +187,8 @@ def build_decoder_step(
             # ONNX Runtime fusing it into the next product (int8-qdq: QLinearSoftmax + QLinearMatMul),
             # and the variant would then pick its tokens from slightly different logits.
             att = g.op("Softmax", [g.to_float(g.op("MatMul", [cq, cross_k5[i]]))], axis=-1)
-            g.output(g.op("Reshape", [att, g.const([-1, heads, enc_seq])]), mf.cross_attention(i), "float32",
-                     ["batch", heads, enc_seq])
+            g.output(g.op("Reshape", [att, _rows_heads_seq(g, heads, enc_seq, crosses[0][0])]), mf.cross_attention(i),
+                     "float32", ["batch", heads, enc_seq])
         cctx = g.op("Reshape", [g.op("MatMul", [cprobs, cross_v5[i]]), g.const([-1, hidden])])  # [rows,E]
         a = g.to_float(g.linear(cctx, layer.cross_attn.o, f"{p}.cross.o"))
         x = g.op("Add", [x, a])
@@ -188,3 +208,11 @@ def build_decoder_step(
     logits = g.to_float(g.linear(x, dec.lm_head, "lm_head"))  # [B,V]
     g.output(logits, mf.LOGITS, "float32", ["batch", dec.vocab])
     return g.build(), g.specs_in, g.specs_out
+
+
+def _rows_heads_seq(g: GraphBuilder, heads: int, enc_seq: int | str, cross_key: str) -> str:
+    """The shape [-1, heads, S] of a step's attention rows; a symbolic S read off the cross keys."""
+    if isinstance(enc_seq, int):
+        return g.const([-1, heads, enc_seq])
+    seq = g.op("Gather", [g.op("Shape", [cross_key]), g.const([3])], axis=0)
+    return g.op("Concat", [g.const([-1, heads]), seq], axis=0)

@@ -17,15 +17,19 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC = ("vit-gpt2-base",)
+SYNTHETIC = ("vit-gpt2-base", "florence2-base")
 
 
 def build_synthetic(name: str, out: Path, seed: int = 0) -> Path:
     """A random-weight checkpoint with a real model's geometry (no download).
 
     vit-gpt2-base: ViT-base/16-224 encoder + GPT-2-124M decoder (239 M parameters), the shape of
-    nlpconnect/vit-gpt2-image-captioning.
+    nlpconnect/vit-gpt2-image-captioning. florence2-base: Florence-2-base's (edgecap_export.synthetic).
     """
+    if name == "florence2-base":
+        from .synthetic import florence2_base
+
+        return florence2_base(out, seed)
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, PreTrainedTokenizerFast, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
@@ -82,11 +86,16 @@ def generate_runner(model, pixels: np.ndarray, num_beams: int, new_tokens: int, 
 
 class PytorchPeer:
     """transformers `generate()` on the same checkpoint and pixels; on the CPU, or on a CUDA GPU
-    (device="cuda", the `pytorch-cuda` peer) in fp32 or, with fp16=True, in half precision."""
+    (device="cuda", the `pytorch-cuda` peer) in fp32 or, with fp16=True, in half precision. A model
+    whose encoder reads a prompt (Florence-2) gets `encoder_prompt` = (the bundle's default prompt
+    ids, image tokens): the task the edgecap rows run, as the processor's input_ids (<image>
+    placeholders, then the prompt). They come from the bundle, not the processor: a peer environment
+    on transformers 4.57 cannot read a tokenizer config saved by 5.x, while it reads the model."""
 
     name = "pytorch"
 
-    def __init__(self, model_dir: str, threads: int | None, device: str = "cpu", fp16: bool = False) -> None:
+    def __init__(self, model_dir: str, threads: int | None, encoder_prompt: tuple[list[int], int] | None = None,
+                 device: str = "cpu", fp16: bool = False) -> None:
         import torch
         from transformers import VisionEncoderDecoderModel
 
@@ -98,14 +107,24 @@ class PytorchPeer:
         self.backend = "cpu" if device == "cpu" else "cuda"
         self.device, self.fp16 = device, fp16
         t0 = time.perf_counter()
-        model = VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+        if encoder_prompt is not None:
+            from transformers import Florence2ForConditionalGeneration
+
+            model = Florence2ForConditionalGeneration.from_pretrained(model_dir).eval()
+        else:
+            model = VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
         if fp16:
             model = model.half()
-        self.model = model.to(device)
+        model = model.to(device)
         if device != "cpu":
             # fp32 means fp32 here as in edgecap's CUDA backend (no TF32 matmuls)
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
+        if encoder_prompt is not None:
+            from .family_florence2 import PromptedModel
+
+            model = PromptedModel(model, list(encoder_prompt[0]), int(encoder_prompt[1]))
+        self.model = model
         self.load_seconds = time.perf_counter() - t0
 
     def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:

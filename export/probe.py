@@ -43,7 +43,7 @@ def _derived_graph(precision: str, w: np.ndarray) -> onnx.ModelProto:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / f"{precision}.onnx"
         onnx.save_model(_fp_graph("fp32", w), str(src))
         if precision == "int4":
-            quantize.quantize_int4(src, dst, bf.INT4_BLOCK)
+            return quantize.int4_model(src, bf.INT4_BLOCK)
         else:
             feeds = [{"a": np.random.default_rng(i).standard_normal((4, bf.PROBE_K)).astype(np.float32)} for i in range(2)]
             quantize.quantize_int8_qdq(src, dst, feeds)

@@ -62,16 +62,16 @@ def quiet_root_logger():
         root.setLevel(level)
 
 
-def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
+def int4_model(src: Path, block_size: int = 32) -> onnx.ModelProto:
+    """The graph at `src` with every weight product as 4-bit MatMulNBits."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    model = onnx.load(str(src))
+    model = onnx.load(str(src))  # external data (the precision's weights.bin) loaded with it
     # accuracy_level 4: activations quantized to int8 inside the kernel (the fast CPU path).
     quant = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4)
     with quiet_root_logger():
         quant.process()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_graph(quant.model.model, dst)
+    return quant.model.model
 
 
 class FeedsReader:

@@ -34,6 +34,11 @@ def read_vocab(path: Path) -> dict[str, int]:
     return vocab
 
 
+def tokenizer_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "tokenizer_config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _special(config: dict[str, Any], key: str) -> str | None:
     value = config.get(key)
     if isinstance(value, dict):  # AddedToken serialised
@@ -46,8 +51,7 @@ def wordpiece_from_vocab(model_dir: Path) -> tuple[Tokenizer, dict[str, str]] | 
     vocab_file = model_dir / "vocab.txt"
     if not vocab_file.is_file():
         return None
-    cfg_file = model_dir / "tokenizer_config.json"
-    config = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+    config = tokenizer_config(model_dir)
     vocab = read_vocab(vocab_file)
     roles = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
              "mask_token": "[MASK]"}
@@ -104,4 +108,7 @@ def fast_from_slow(model_dir: Path, slow: Any | None):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles,
                                    clean_up_tokenization_spaces=bool(clean) if clean is not None else False)
     fast.edgecap_decode_only = True  # read by the exporter: text prompts cannot be encoded as the model's
+    # manga-ocr's tokenizer: its bundles default to manga-ocr's own clean-up of the output
+    japanese = tokenizer_config(model_dir).get("tokenizer_class") == "BertJapaneseTokenizer"
+    fast.edgecap_postprocess = "manga-ocr" if japanese else None
     return fast

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graphbuilder import GraphBuilder, mlp_residual, softmax
+from .graphbuilder import GraphBuilder, mlp_activation, mlp_residual, skip_norm, softmax
 from .weights import SwinBlock, SwinEncoder
 
 
@@ -28,14 +28,14 @@ def _roll(g: GraphBuilder, x: str, shift: int, sizes: tuple[int, int]) -> str:
     return x
 
 
-def _partition(g: GraphBuilder, x: str, hp: int, wp: int, ws: int, c: int) -> str:
+def partition_windows(g: GraphBuilder, x: str, hp: int, wp: int, ws: int, c: int) -> str:
     """[B, hp, wp, C] -> [B * windows, ws*ws, C] (transformers' window_partition)."""
     r = g.op("Reshape", [x, g.const([-1, hp // ws, ws, wp // ws, ws, c])])
     t = g.op("Transpose", [r], perm=[0, 1, 3, 2, 4, 5])
     return g.op("Reshape", [t, g.const([-1, ws * ws, c])])
 
 
-def _unpartition(g: GraphBuilder, x: str, hp: int, wp: int, ws: int, c: int) -> str:
+def unpartition_windows(g: GraphBuilder, x: str, hp: int, wp: int, ws: int, c: int) -> str:
     r = g.op("Reshape", [x, g.const([-1, hp // ws, wp // ws, ws, ws, c])])
     t = g.op("Transpose", [r], perm=[0, 1, 3, 2, 4, 5])
     return g.op("Reshape", [t, g.const([-1, hp, wp, c])])
@@ -76,7 +76,7 @@ def _block(g: GraphBuilder, x: str, blk: SwinBlock, grid: tuple[int, int], heads
         t = g.op("Pad", [t, g.const([0, 0, 0, 0, 0, hp - h, wp - w, 0])])
     if shift:
         t = _roll(g, t, -shift, (hp, wp))
-    windows = _partition(g, t, hp, wp, ws, c)  # [B*nW, N, C]
+    windows = partition_windows(g, t, hp, wp, ws, c)  # [B*nW, N, C]
     head_dim = c // heads
     q, k, v = g.linears(windows, [blk.attn.q, blk.attn.k, blk.attn.v], f"{p}.qkv")
     q, k, v = g.heads(q, heads, head_dim), g.heads(k, heads, head_dim, transpose_key=True), g.heads(v, heads, head_dim)
@@ -89,13 +89,17 @@ def _block(g: GraphBuilder, x: str, blk: SwinBlock, grid: tuple[int, int], heads
         scores = g.op("Reshape", [s5, g.const([-1, heads, n, n])])
     ctx = g.merge_heads(g.op("MatMul", [softmax(g, scores), v]), c)
     a = g.to_float(g.linear(ctx, blk.attn.o, f"{p}.o"))
-    t = _unpartition(g, a, hp, wp, ws, c)
+    t = unpartition_windows(g, a, hp, wp, ws, c)
     if shift:
         t = _roll(g, t, shift, (hp, wp))
     if (hp, wp) != (h, w):
         t = g.op("Slice", [t, g.const([0, 0]), g.const([h, w]), g.const([1, 2])])
-    x = g.op("Add", [x, g.op("Reshape", [t, g.const([-1, h * w, c])])])
-    return mlp_residual(g, x, blk, p)
+    a = g.op("Reshape", [t, g.const([-1, h * w, c])])
+    if not g.fused:
+        return mlp_residual(g, g.op("Add", [x, a]), blk, p)
+    # the residual add and the MLP's LayerNorm as one kernel, the fc1 bias inside the activation's
+    h, x = skip_norm(g, a, x, None, blk.ln_mlp, f"{p}.ln2")
+    return g.op("Add", [x, g.to_float(g.linear(mlp_activation(g, h, blk.fc1, blk.act, f"{p}.fc1"), blk.fc2, f"{p}.fc2"))])
 
 
 def _merge(g: GraphBuilder, x: str, grid: tuple[int, int], c: int, stage, p: str) -> str:

@@ -77,6 +77,11 @@ class Encoder:
         return int(self.prefix_tokens.shape[0])
 
     @property
+    def cross_seq(self) -> int | str:
+        """The cross K/V's sequence length in the graphs: fixed here (Florence-2's is symbolic)."""
+        return self.seq_len
+
+    @property
     def grid(self) -> tuple[int, int]:
         """Patch rows x columns of the encoder's output tokens (after the prefix tokens)."""
         return (self.image_hw[0] // self.patch, self.image_hw[1] // self.patch)
@@ -167,6 +172,10 @@ class SwinEncoder:
     def seq_len(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def cross_seq(self) -> int | str:
+        return self.seq_len
+
     def flops(self, dec: "Decoder") -> int:
         """Multiply-add FLOPs (x2) of one image: projections, window attention, merges, cross K/V."""
         gh, gw = -(-self.image_hw[0] // self.patch), -(-self.image_hw[1] // self.patch)
@@ -243,3 +252,110 @@ class Decoder:
                       layer.cross_attn.q, layer.cross_attn.o, layer.fc1, layer.fc2):
                 total += int(m.w.size) + (int(m.b.size) if m.b is not None else 0)
         return total
+
+
+@dataclass
+class Conv:
+    """A 2-D convolution: weight [out, in / groups, k, k], symmetric padding."""
+
+    w: Array
+    b: Array | None
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+
+
+@dataclass
+class DavitBlock:
+    """Half of a DaViT block: x + dwconv(x), then pre-norm attention, x + dwconv(x), pre-norm MLP.
+
+    kind "window": multi-head self-attention within `window` x `window` windows (zero-padded at the
+    right and bottom). kind "channel": attention between the channels of each of `heads` groups, over
+    all tokens (q carries its 1 / sqrt(tokens) scaling, so the image size is fixed per bundle)."""
+
+    kind: str
+    conv1: Conv
+    ln_attn: LayerNorm
+    attn: Attention
+    conv2: Conv
+    ln_mlp: LayerNorm
+    fc1: Linear
+    fc2: Linear
+    act: str
+    heads: int  # window: attention heads; channel: groups
+    window: int = 0
+
+
+@dataclass
+class DavitStage:
+    embed: Conv  # the strided patch convolution that opens the stage
+    embed_ln: LayerNorm
+    embed_pre_norm: bool  # LayerNorm before the convolution (over its input channels), else after
+    grid: tuple[int, int]  # token rows x columns after the convolution
+    blocks: list[DavitBlock]
+
+
+@dataclass
+class Florence2Encoder:
+    """Florence-2's encoder side: DaViT + projector make the image's tokens, which go first in the
+    sequence the BART encoder reads (then the prompt's tokens, an input of the graph)."""
+
+    stages: list[DavitStage]
+    image_pos: Array  # [rows * cols, channels]: the projector's 2-D learned + 1-D cosine embeddings, summed
+    projection: Linear  # channels -> d_model, no bias
+    proj_ln: LayerNorm
+    token_emb: Array  # [vocab, d_model], embedding scale included: the prompt's tokens
+    pos_table: Array  # BART's learned positions; position p is row p + pos_offset
+    pos_offset: int
+    emb_ln: LayerNorm
+    layers: list[EncoderLayer]  # BART encoder layers (post-norm)
+    num_heads: int
+    image_hw: tuple[int, int]
+    channels: int
+    max_positions: int  # image and prompt tokens the position table allows
+    to_decoder: Linear | None = None
+
+    @property
+    def hidden(self) -> int:
+        return int(self.token_emb.shape[1])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.stages[-1].grid
+
+    @property
+    def prefix_count(self) -> int:
+        return 1  # the projector's mean-pooled token comes first
+
+    @property
+    def patch(self) -> int:
+        """Pixels per token side of the first stage (its patch convolution's stride)."""
+        return self.stages[0].embed.stride
+
+    @property
+    def seq_len(self) -> int:
+        """The image's tokens (the encoder's sequence then goes on with the prompt's)."""
+        return self.prefix_count + self.grid[0] * self.grid[1]
+
+    @property
+    def cross_seq(self) -> str:
+        return "enc_seq"  # image + prompt tokens: symbolic
+
+    def flops(self, dec: "Decoder", prompt_tokens: int = 12) -> int:
+        """Multiply-add FLOPs (x2) of one image with a `prompt_tokens`-token prompt, cross K/V included."""
+        total = 0
+        for stage in self.stages:
+            tokens = stage.grid[0] * stage.grid[1]
+            total += 2 * tokens * int(stage.embed.w.size)
+            for b in stage.blocks:
+                c = int(b.fc1.w.shape[0])
+                mats = (b.attn.q, b.attn.k, b.attn.v, b.attn.o, b.fc1, b.fc2)
+                total += 2 * tokens * sum(int(m.w.size) for m in mats) + 2 * 2 * tokens * 9 * c
+                span = b.window * b.window if b.kind == "window" else c // b.heads
+                total += 2 * 2 * tokens * span * c
+        s = self.seq_len + prompt_tokens
+        total += 2 * self.seq_len * int(self.projection.w.size)
+        for layer in self.layers:
+            mats = (layer.attn.q, layer.attn.k, layer.attn.v, layer.attn.o, layer.fc1, layer.fc2)
+            total += 2 * s * sum(int(m.w.size) for m in mats) + 2 * 2 * s * s * self.hidden
+        return total + cross_kv_flops(s, dec)

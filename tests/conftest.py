@@ -40,3 +40,25 @@ def sample_images():
         base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], axis=-1)
         out.append(np.clip(base + rng.normal(0, 60, (h, w, 3)), 0, 255).astype(np.uint8))
     return out
+
+
+@pytest.fixture(scope="session")
+def florence2(tmp_path_factory):
+    """(checkpoint, bundle) of the tiny Florence-2 (tests/tiny_florence2.py), exported once with the
+    default options (fp32 and int8, the quality gate on)."""
+    import tiny_florence2
+    from edgecap_export.exporter import export
+
+    root = tmp_path_factory.mktemp("florence2")
+    ckpt = tiny_florence2.build(root / "checkpoint")
+    return ckpt, export(str(ckpt), root / "bundle")
+
+
+@pytest.fixture(scope="session")
+def florence2_attn(florence2, tmp_path_factory):
+    """The same checkpoint exported fp32 with the attention-emitting decoder step."""
+    from edgecap_export.exporter import ExportOptions, export
+
+    ckpt, _ = florence2
+    return export(str(ckpt), tmp_path_factory.mktemp("florence2-attn") / "bundle",
+                  ExportOptions(precisions=("fp32",), with_attentions=True))

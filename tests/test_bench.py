@@ -206,3 +206,34 @@ def test_shipped_probes_are_what_the_exporter_writes():
     assert {"ReduceMax", "QuantizeLinear", "MatMulInteger"} <= set(ops["int8"])  # per-row activations
     attrs = {a.name: a.i for a in ops["int4"]["MatMulNBits"].attribute}
     assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 32, 4)
+
+
+def test_bench_florence2_scenario_at_toy_size(tmp_path):
+    """`--synthetic florence2-base`'s path at toy size: a Florence-2 checkpoint exported and timed on
+    its <CAPTION> task, PyTorch's generate() given the same task's input_ids, greedy and beam 3, fp32
+    and int8; a peer that cannot run is its row (timings at base size are the lead's, on a quiet machine)."""
+    import tiny_florence2
+
+    ckpt = tiny_florence2.build(tmp_path / "ckpt")
+    out_json = tmp_path / "bench.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "edgecap.bench", "--model", str(ckpt), "--compare", "pytorch",
+         "--precision", "fp32,int8", "--beams", "1,3", "--new-tokens", "4", "--threads", "1", "--warmup", "0",
+         "--repeat", "1", "--workdir", str(tmp_path / "work"), "--json", str(out_json)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out_json.read_text())
+    assert data["model"]["architecture"]["encoder_prompt"] is True
+    combos = {(r["engine"], r["precision"], r["num_beams"]) for r in data["rows"] if r["latency_ms_p50"]}
+    assert combos == {("edgecap", "fp32", 1), ("edgecap", "int8", 1), ("edgecap", "fp32", 3), ("edgecap", "int8", 3),
+                      ("pytorch", "fp32", 1), ("pytorch", "fp32", 3)}
+
+
+def test_bench_knows_the_florence2_base_scenario():
+    from edgecap.bench import build_parser
+    from edgecap_export.peers import SYNTHETIC
+    from edgecap_export.synthetic import FLORENCE2_BASE_VISION, davit_tokens
+
+    assert build_parser().parse_args(["--synthetic", "florence2-base"]).synthetic in SYNTHETIC
+    assert davit_tokens(FLORENCE2_BASE_VISION, (768, 768)) == 577  # 1 pooled + 24 x 24

@@ -122,7 +122,10 @@ def test_signature_mismatch(bundle):
 
     def fn(d):
         d["graphs"]["fp32"]["decoder"]["inputs"][0]["dtype"] = "float16"
+        d["graphs"]["fp32"]["fused"]["encoder"]["outputs"][0]["dtype"] = "float16"
 
     edit_manifest(bundle, fn)
     with pytest.raises(BundleError, match="input input_ids is int64.* in the graph but float16"):
+        Captioner(bundle, precision="fp32", fused=False)
+    with pytest.raises(BundleError, match="encoder.fused.onnx: output cross_key.0 is float32.* in the graph but float16"):
         Captioner(bundle, precision="fp32")

@@ -116,9 +116,12 @@ def test_json_of_a_donut_bundle_has_the_token2json_answer(export_tiny, images, c
     for r in records:
         assert "json" in r
         assert r["json"] == json.loads(json.dumps(sequence_to_json(r["token_ids"], cap.detokenize, cap.generation_defaults)))
+        assert r["parsed"] == r["json"]  # "parsed", as every bundle with a parser has it; "json" kept
+    assert [c.parsed for c in cap.caption([images / "img0.png", images / "img1.png"])] == [r["json"] for r in records]
     _, vit_bundle = export_tiny("vit", "gpt2")
     assert main(["caption", str(images / "img0.png"), "--bundle", str(vit_bundle), "--json"]) == 0
-    assert "json" not in json.loads(capsys.readouterr().out)
+    plain = json.loads(capsys.readouterr().out)
+    assert "json" not in plain and "parsed" not in plain
 
 
 def test_an_image_donut_cannot_fit_fails_alone(export_tiny, images, capsys):

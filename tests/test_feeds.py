@@ -276,9 +276,9 @@ class _Block:  # the feed runtime must not need the export stack
 sys.meta_path.insert(0, _Block())
 import edgecap.captioner as c
 orig = c.Captioner.encode
-def slow(self, pixels):
+def slow(self, pixels, *args, **kwargs):
     time.sleep(float(sys.argv[1]))
-    return orig(self, pixels)
+    return orig(self, pixels, *args, **kwargs)
 c.Captioner.encode = slow
 from edgecap.cli import main
 sys.exit(main(sys.argv[2:]))

@@ -38,8 +38,10 @@ def strip(row: list[int], eos: set[int], prefix: int = 1) -> tuple[int, ...]:
     return tuple(row)
 
 
-def check_parity(ckpt, bundle, images, num_return_sequences=1, **gen):
-    cap = Captioner(bundle, precision="fp32", backend="cpu")
+def check_parity(ckpt, bundle, images, num_return_sequences=1, fused=None, **gen):
+    """`fused` as Captioner takes it: None runs the bundle's fused graphs (the CPU default), False its
+    plain ones (the reference, TensorRT's source)."""
+    cap = Captioner(bundle, precision="fp32", backend="cpu", fused=fused)
     pixels = cap.preprocess(images)
     eos = set(cap.generation_defaults.eos_token_ids)
     ours = cap.caption(images, num_return_sequences=num_return_sequences, **gen)
@@ -187,6 +189,14 @@ def image_dependent(export_tiny, sample_images, encoder, decoder):
     raise AssertionError(f"no {encoder}+{decoder} tiny model whose captions depend on the image")
 
 
+@pytest.mark.parametrize("encoder,decoder", PAIRS + tiny.FAMILY_PAIRS)
+def test_plain_graphs_greedy_and_beam(export_tiny, sample_images, encoder, decoder):
+    """The plain graphs, kept beside the fused ones as the reference and for TensorRT, at parity too."""
+    ckpt, bundle = image_dependent(export_tiny, sample_images, encoder, decoder)
+    check_parity(ckpt, bundle, sample_images, num_beams=1, fused=False)
+    check_parity(ckpt, bundle, sample_images, num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3, fused=False)
+
+
 @pytest.mark.parametrize("encoder,decoder", tiny.FAMILY_PAIRS)
 def test_family_greedy_and_beam(export_tiny, sample_images, encoder, decoder):
     """manga-ocr (DeiT+BERT), ViT+RoBERTa (with enc_to_dec_proj), Swin+BART, Swin+GPT-2, Donut-Swin+mBART,
@@ -275,7 +285,7 @@ def test_long_outputs_grow_the_cache_in_buckets(export_tiny, sample_images):
 
         def spy(tokens, t):
             out = step(tokens, t)
-            seen.append((t, decoder._keys[0].shape[-1]))
+            seen.append((t, decoder._values[0].shape[2]))  # slots (values are [rows, heads, slots, d] in both forms)
             return out
 
         decoder.step = spy

@@ -204,8 +204,8 @@ def test_from_hf_config_matches_transformers_defaults(hf):
 
 
 def test_from_hf_config_rejects_unsupported_type():
-    with pytest.raises(ValueError, match="'CLIPImageProcessor'; supported: .*DonutImageProcessor"):
-        PreprocessSpec.from_hf_config({"image_processor_type": "CLIPImageProcessor"})
+    with pytest.raises(ValueError, match="'SiglipImageProcessor'; supported: .*CLIPImageProcessor.*DonutImageProcessor"):
+        PreprocessSpec.from_hf_config({"image_processor_type": "SiglipImageProcessor"})
     with pytest.raises(ValueError, match="image_processor_type"):
         PreprocessSpec.from_hf_config({"size": 224})
 

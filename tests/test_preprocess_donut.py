@@ -29,26 +29,13 @@ def tf():
     return cls, int(transformers.__version__.split(".")[0]) < 5
 
 
-def _spec_of(processor) -> PreprocessSpec:
-    return PreprocessSpec.from_hf_config(json.loads(processor.to_json_string()))
+def _spec_of(processor, legacy: bool = False) -> PreprocessSpec:
+    """The spec the exporter writes on this transformers line (4.x records its thumbnail filter)."""
+    return PreprocessSpec.from_hf_config(json.loads(processor.to_json_string()), transformers_major=4 if legacy else None)
 
 
 def _hf_run(processor, images, **kwargs) -> np.ndarray:
     return processor(images=list(images), return_tensors="np", **kwargs)["pixel_values"]
-
-
-def _legacy_skip(processor, image: Image.Image, kwargs: dict) -> None:
-    """Skip where transformers 4.x's thumbnail differs from 5.x's, i.e. when it really shrinks.
-
-    4.x always resampled BICUBIC with reducing_gap=2.0 there; 5.x uses the configured resample and
-    no reducing gap.  They agree when nothing shrinks, or for BICUBIC shrinking by less than 4x.
-    """
-    size = processor.size
-    before = _hf_run(processor, [image], do_thumbnail=False, do_pad=False).shape[-2:]
-    ratio = max(before[0] / size["height"], before[1] / size["width"])
-    if ratio > 1 and not (kwargs.get("resample") == 3 and ratio < 3.5):
-        pytest.skip(f"transformers 4.x: its thumbnail resamples BICUBIC with reducing_gap=2.0 "
-                    f"(5.x: resample={processor.resample}, no gap), shrinking {ratio:.2f}x here")
 
 
 CASES = {
@@ -79,7 +66,7 @@ def test_parity_with_transformers(tf, case, hw):
         pytest.skip("transformers 4.x: DonutImageProcessor ignores do_center_crop")
     processor = cls(**kwargs)
     image = Image.fromarray(_rand(*hw, seed=hw[0] * 1000 + hw[1]))
-    spec = _spec_of(processor)
+    spec = _spec_of(processor, legacy)
     try:
         ref = _hf_run(processor, [image])
     except (ValueError, ZeroDivisionError) as exc:  # too elongated, or larger than size without thumbnail
@@ -87,8 +74,6 @@ def test_parity_with_transformers(tf, case, hw):
             preprocess([image], spec)
         assert "Donut" in info.value.problem, f"transformers failed with {exc!r}"
         return
-    if legacy:
-        _legacy_skip(processor, image, kwargs)
     _assert_close(preprocess([image], spec), ref)
 
 
@@ -124,18 +109,15 @@ def test_mode_parity(tf, mode):
     processor = cls(size={"height": 100, "width": 40}, do_align_long_axis=True)
     # 5.x's Donut processor converts modes only when asked (else L fails on 3 means); 4.x always did
     ref = _hf_run(processor, [image], **({} if legacy else {"do_convert_rgb": True}))
-    _assert_close(preprocess_one(image, _spec_of(processor))[None], ref)
+    _assert_close(preprocess_one(image, _spec_of(processor, legacy))[None], ref)
 
 
 def test_batch_of_mixed_shapes_matches_transformers(tf):
     cls, legacy = tf
     images = [Image.fromarray(_rand(h, w, seed=h)) for h, w in [(30, 24), (45, 40), (72, 64), (40, 32)]]
     processor = cls(size={"height": 40, "width": 32})
-    batch = preprocess(images, _spec_of(processor))
+    batch = preprocess(images, _spec_of(processor, legacy))
     assert batch.shape == (4, 3, 40, 32)
-    if legacy:
-        for image in images:
-            _legacy_skip(processor, image, {})
     _assert_close(batch, _hf_run(processor, images))
 
 
@@ -150,9 +132,7 @@ def test_paths_with_exif_match_transformers_load_image(tf, tmp_path, orientation
     path = _save(tmp_path / "page.jpg", _smooth(*hw), "JPEG", exif=exif)
     processor = cls(size={"height": 48, "width": 30}, do_align_long_axis=True, resample=3)
     hf_image = hf_load_image(str(path))
-    if legacy:
-        _legacy_skip(processor, hf_image, {"resample": 3})
-    _assert_close(preprocess([path], _spec_of(processor)), _hf_run(processor, [hf_image]))
+    _assert_close(preprocess([path], _spec_of(processor, legacy)), _hf_run(processor, [hf_image]))
 
 
 def test_elongated_image_error_names_the_file(tmp_path):
@@ -177,11 +157,11 @@ def _donut(**overrides) -> PreprocessSpec:
 
 
 def test_from_hf_config_donut_defaults_match_transformers(tf):
-    cls, _ = tf
+    cls, legacy = tf
     spec = _donut()
     assert spec.kind == "donut" and spec.size == {"height": 2560, "width": 1920} and spec.output_hw == (2560, 1920)
     assert spec.do_thumbnail and spec.do_pad and not spec.do_align_long_axis and spec.resample == 2
-    assert spec == _spec_of(cls())
+    assert spec == _spec_of(cls()) and _spec_of(cls(), legacy).thumbnail_resample == (3 if legacy else None)
 
 
 @pytest.mark.parametrize("type_key,name", [("image_processor_type", "DonutImageProcessorFast"),

@@ -332,3 +332,38 @@ def test_progress_line():
     assert line.startswith("ray: 1/4 sources, 25/~50 frames, 5.0 frames/s, ETA 0:05"), line
     p.update(force=True)
     assert log.getvalue() == f"edgecap: {line}\n"
+
+
+def test_florence2_records_carry_the_parsed_answer(cluster, florence2, archive, tmp_path):
+    """Ray records are `edgecap feed`'s, Florence-2's per-frame detections ("parsed") included; the
+    frames' sizes travel with the read rows, so boxes are in the frames' pixels."""
+    _, bundle = florence2
+    sources = [str(archive / "cam1" / "clip.mp4"), str(archive / "frames")]
+    common = ["--bundle", str(bundle), "--every", "1.5", "--prompt", "<OD>", "--threads", "1", "--batch-size", "3"]
+    ref = tmp_path / "feed.jsonl"
+    assert main(["feed", *sources, "--out", str(ref), "--quiet", *common]) == 0
+    expected = read_jsonl(ref)
+    assert all("parsed" in r for r in expected) and any(r["repeat"] for r in expected)
+    out = tmp_path / "ray"
+    res = _run(["feed", *sources, "--out", str(out), "--ray", cluster.address, "--actors", "1", *common])
+    assert res.returncode == 0, res.stderr
+    got = _results(out)
+    key = lambda r: (r["source"], r["frame"])  # noqa: E731
+    assert sorted(got, key=key) == sorted(expected, key=key)
+
+
+def test_parquet_records_keep_the_parsed_answer(tmp_path):
+    import pyarrow.parquet as pq
+
+    from edgecap.feeds.sources import FrameCaption
+    from edgecap.ray.driver import _parquet_bytes
+
+    answer = {"<OD>": {"bboxes": [[1, 2, 3, 4]], "labels": ["car"]}}
+    records = [FrameCaption("s", 0, 0.0, "car", -1.0, False, 0.5, answer), FrameCaption("s", 1, 1.0, "x", -2.0, False, 0.4)]
+    path = tmp_path / "r.parquet"
+    path.write_bytes(_parquet_bytes(records, {"model": "m"}, {}))
+    parsed = pq.read_table(path)["parsed"].to_pylist()
+    assert [json.loads(p) if p else None for p in parsed] == [answer, None]
+    plain = tmp_path / "plain.parquet"
+    plain.write_bytes(_parquet_bytes(records[1:], {"model": "m"}, {}))
+    assert "parsed" not in pq.read_table(plain).column_names  # bundles without a parser: as before

@@ -25,9 +25,9 @@ SLOW = """
 import sys, time
 import edgecap.captioner as c
 orig = c.Captioner.encode
-def slow(self, pixels):
+def slow(self, pixels, *args, **kwargs):
     time.sleep(0.3)
-    return orig(self, pixels)
+    return orig(self, pixels, *args, **kwargs)
 c.Captioner.encode = slow
 from edgecap.cli import main
 sys.exit(main(sys.argv[1:]))

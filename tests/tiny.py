@@ -148,3 +148,66 @@ def build(
             processor = {"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}}
     (out / "preprocessor_config.json").write_text(json.dumps(processor))
     return out
+
+
+NOUGAT_CORPUS = ["# 1 Introduction\n\nThe model reads pages of text, equations \\(x^{2}\\) and tables.",
+                 "We show results in Table 1 and Figure 2. * [1] A. Author, Title, 2020."] * 20
+
+
+def nougat_tokenizer():
+    """A byte-level BPE laid out as Nougat's (<s> <pad> </s> <unk>, then merges), in the line's Nougat
+    tokenizer class, whose saved tokenizer.json pads and truncates to 4096 as the real one does."""
+    import transformers
+    from tokenizers import trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(NOUGAT_CORPUS, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        from transformers import NougatTokenizer
+
+        model = json.loads(tok.to_str())["model"]
+        merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+        return NougatTokenizer(vocab=model["vocab"], merges=merges)  # enables padding/truncation itself
+    from transformers import NougatTokenizerFast
+
+    tok.enable_padding(length=4096, pad_id=1, pad_token="<pad>")
+    tok.enable_truncation(4096)
+    return NougatTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                               unk_token="<unk>")
+
+
+def build_nougat(out: Path, seed: int = 0, max_positions: int = 700, max_length: int = 600,
+                 eos: int = 2) -> Path:
+    """A Nougat-shaped checkpoint: DonutSwin + mBART with an untied LM head, Nougat's generation
+    config shape (start = bos 0, max_length), saved with NougatProcessor.save_pretrained (transformers
+    5.x: processor_config.json; 4.x: preprocessor_config.json) and Nougat's tokenizer layout."""
+    from transformers import NougatProcessor
+
+    try:
+        from transformers.models.nougat.image_processing_pil_nougat import NougatImageProcessorPil as image_cls
+    except ImportError:
+        from transformers import NougatImageProcessor as image_cls
+    tok = nougat_tokenizer()
+    torch.manual_seed(seed)
+    h, w = SWIN_IMAGE
+    decoder = MBartConfig(
+        vocab_size=len(tok), d_model=64, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=96,
+        encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=96, max_position_embeddings=max_positions,
+        is_decoder=True, add_cross_attention=True, tie_word_embeddings=False, init_std=0.2, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, decoder_start_token_id=0, scale_embedding=True)
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder_config("donut-swin"), decoder)
+    cfg.tie_word_embeddings = False
+    model = VisionEncoderDecoderModel(config=cfg).eval()
+    for c in (model.config, model.generation_config):
+        c.decoder_start_token_id, c.pad_token_id, c.eos_token_id = 0, 1, eos
+    model.generation_config.bos_token_id = 0
+    model.generation_config.max_length = max_length
+    model.generation_config.max_new_tokens = None
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    NougatProcessor(image_processor=image_cls(size={"height": h, "width": w}), tokenizer=tok).save_pretrained(out)
+    return out

@@ -21,8 +21,8 @@ from ..outputlock import OutputLock
 from ..progress import StatusLine, format_eta
 from ..signals import EXIT_BROKEN_PIPE, EXIT_TERMINATED, Terminated, silence_stdout, whole_line
 from .output import (
-    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, write_atomic,
-    write_subtitles,
+    append_all, check_resume, encode_records, feed_settings, load_records, lock_file, settings_file, subtitle_text,
+    write_atomic, write_subtitles,
 )
 from .pipeline import FeedConfig, FeedListener, run_feed
 from .sources import DEFAULT_BATCH_SIZE, DEFAULT_DEDUPE, DEFAULT_EVERY, FeedError, FeedProblem, FrameCaption, expand_sources
@@ -39,7 +39,8 @@ def add_feed_parser(sub) -> argparse.ArgumentParser:
         "interrupted run stopped. A bad source is reported on stderr and the others are still captioned.",
         epilog=EXIT_CODES_HELP,
     )
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="video files, folders of frames, or glob patterns")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="video files, folders of frames, PDFs (a frame per page; needs the pdf extra), or glob patterns")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="JSON-lines output, appended to and resumed from (settings recorded in FILE.settings.json); "
                    "'-' writes to stdout (nothing to resume from); with --ray a folder, one file per source")
@@ -217,7 +218,7 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
     extra = {"model": settings["model"], "precision": settings["precision"]}
     subtitles: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for r in done.values():
-        subtitles[r.source].append((r.pts, r.caption))
+        subtitles[r.source].append((r.pts, subtitle_text(r)))
     progress = Progress(sys.stderr, quiet=args.quiet)
     interrupted: KeyboardInterrupt | None = None
     closed = False
@@ -228,7 +229,7 @@ def _run(args: argparse.Namespace, captioner, cfg: FeedConfig, options, sources,
                 append_all(fd, encode_records(batch, extra), sync=not to_stdout)
             progress.frames_written(batch)
             for r in batch:
-                subtitles[r.source].append((r.pts, r.caption))
+                subtitles[r.source].append((r.pts, subtitle_text(r)))
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated)
         interrupted = exc
     except BrokenPipeError:  # `edgecap feed ... --out - | head`: the reader is gone

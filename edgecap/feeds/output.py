@@ -17,6 +17,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..fileio import append_all, write_atomic  # noqa: F401 (append_all re-exported by edgecap.feeds)
+from ..florence2 import answer_summary
 from ..options import GenerationOptions
 from .sources import FeedError, FeedSource, FrameCaption, _exc_text, relative_layout
 
@@ -53,7 +54,7 @@ def load_records(path: str | os.PathLike, repair: bool = True) -> list[FrameCapt
                 raise ValueError("no newline")
             records.append(FrameCaption(str(obj["source"]), int(obj["frame"]), float(obj["pts"]),
                                         str(obj["caption"]), float(obj["score"]), bool(obj["repeat"]),
-                                        _optional_float(obj.get("confidence"))))
+                                        _optional_float(obj.get("confidence")), obj.get("parsed")))
             good += len(line) + 1
         except (ValueError, KeyError, TypeError) as exc:
             if not last:
@@ -71,11 +72,23 @@ def _optional_float(value: Any) -> float | None:
 
 
 def encode_records(records: Iterable[FrameCaption], extra: dict[str, Any]) -> bytes:
+    """JSON lines; "parsed" (the answer as a structure) only where a record has one."""
     # UTF-8 as JSON Lines wants it (Japanese OCR stays readable); an undecodable file name's lone
     # surrogates become \udcXX escapes, which read back as the same name on resume
-    text = "".join(json.dumps({**{k: getattr(r, k) for k in RECORD_KEYS}, **extra}, ensure_ascii=False) + "\n"
-                   for r in records)
+    text = "".join(json.dumps({**{k: getattr(r, k) for k in RECORD_KEYS}, **_parsed(r), **extra}, ensure_ascii=False)
+                   + "\n" for r in records)
     return text.encode("utf-8", "backslashreplace")
+
+
+def _parsed(record: FrameCaption) -> dict[str, Any]:
+    return {} if record.parsed is None else {"parsed": record.parsed}
+
+
+def subtitle_text(record: FrameCaption) -> str:
+    """What a subtitle shows of a record: the text part of a parsed Florence-2 answer (the plain answer,
+    or the labels of what it located), else the caption."""
+    summary = answer_summary(record.parsed)
+    return record.caption if summary is None else summary
 
 
 def settings_file(out: str | os.PathLike) -> Path:

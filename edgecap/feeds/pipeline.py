@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from .. import pdf
 from ..errors import ImageError
 from ..decoding import confidence
 from ..options import GenerationOptions
@@ -49,6 +50,10 @@ class FeedListener:
 
 
 
+# A frame's result: (caption, score, confidence, parsed answer or None)
+Result = tuple[str, float, float | None, Any]
+
+
 @dataclass
 class _Job:
     id: int
@@ -56,6 +61,7 @@ class _Job:
     frame: int
     pts: float
     pixels: np.ndarray
+    size: tuple[int, int] | None = None  # the frame's (width, height): where a parsed answer's boxes lie
 
 
 @dataclass
@@ -63,7 +69,7 @@ class _Repeat:
     source: str
     frame: int
     pts: float
-    ref: int | tuple[str, float, float | None]  # a job id, or a (caption, score, confidence) an earlier run recorded
+    ref: int | Result  # a job id, or the result an earlier run recorded
 
 
 @dataclass
@@ -111,6 +117,7 @@ class _Producer(threading.Thread):
                  done: dict[tuple[str, int], FrameCaption]) -> None:
         super().__init__(name="edgecap-feed-decoder", daemon=True)
         self.spec = captioner.preprocess_spec
+        self.min_side = captioner.bundle.manifest.architecture.encoder_patch_size
         self.sources, self.cfg, self.done = sources, cfg, done
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.prefetch or 4 * cfg.batch_size)
         self.stop = threading.Event()
@@ -139,11 +146,11 @@ class _Producer(threading.Thread):
 
     def run_source(self, src: FeedSource) -> None:
         job_ids: dict[int, int] = {}  # this source's frame index -> job id, for repeats' references
-        for item in sample_source(src, self.cfg, self.spec, self.done, self.stop):
+        for item in sample_source(src, self.cfg, self.spec, self.done, self.stop, self.min_side):
             if isinstance(item, SampledFrame):
                 self.next_id += 1
                 job_ids[item.frame] = self.next_id
-                item = _Job(self.next_id, src.name, item.frame, item.pts, item.pixels)
+                item = _Job(self.next_id, src.name, item.frame, item.pts, item.pixels, item.size)
             elif isinstance(item, RepeatedFrame):
                 item = _Repeat(src.name, item.frame, item.pts, job_ids[item.ref] if isinstance(item.ref, int) else item.ref)
             if not self.put(item):
@@ -157,16 +164,17 @@ class SampledFrame:
     frame: int
     pts: float
     pixels: np.ndarray
+    size: tuple[int, int] | None = None  # the frame's (width, height) before preprocessing
 
 
 @dataclass
 class RepeatedFrame:
-    """A sampled frame dedupe found unchanged: it takes the caption of the source's frame `ref`
-    (a frame index), or the (caption, score) an earlier run recorded for that frame."""
+    """A sampled frame dedupe found unchanged: it takes the caption (and parsed answer) of the
+    source's frame `ref` (a frame index), or the result an earlier run recorded for that frame."""
 
     frame: int
     pts: float
-    ref: int | tuple[str, float, float | None]
+    ref: int | Result
 
 
 def sample_source(
@@ -175,17 +183,20 @@ def sample_source(
     spec: PreprocessSpec,
     done: dict[tuple[str, int], FrameCaption] | None = None,
     stop: threading.Event | None = None,
+    min_side: int | None = None,
 ) -> Iterator[SampledFrame | RepeatedFrame | FeedProblem | _Event]:
     """One source's sampled frames in time order, deduped and preprocessed (the decode stage).
 
     Also yields its problems, a "start" event (expected sample count, or None) and "skip" events
     counting frames `done` already holds. Shared by `run_feed`'s decoder thread and the Ray read tasks.
+    `min_side`: warn about frames whose content reaches the encoder thinner than this (its patch size).
     """
     done = done or {}
-    dedupe = cfg.dedupe
+    # two different pages of text look alike as 32x32 thumbnails: a PDF's pages are never deduped
+    dedupe = 0.0 if src.kind == "pdf" else cfg.dedupe
     sampled = iter_sampled(src, cfg.every, cfg.fps, cfg.max_frames)
     skipped = 0
-    ref: int | tuple[str, float, float | None] | None = None  # what a repeat repeats: a frame index or an earlier run's result
+    ref: int | Result | None = None  # what a repeat repeats: a frame index or an earlier run's result
     ref_thumb: np.ndarray | None = None
     try:
         for item in sampled:
@@ -215,7 +226,7 @@ def sample_source(
             thumb = thumbnail(rgb) if dedupe else None
             if prev is not None:  # recorded by an earlier run: only the dedupe reference moves
                 skipped += 1
-                ref, ref_thumb = (prev.caption, prev.score, prev.confidence), thumb
+                ref, ref_thumb = (prev.caption, prev.score, prev.confidence, prev.parsed), thumb
                 continue
             if skipped:
                 yield _Event("skip", src.name, skipped)
@@ -224,8 +235,14 @@ def sample_source(
                     float(np.mean(np.abs(thumb - ref_thumb))) < dedupe:
                 yield RepeatedFrame(item.index, pts, ref)
                 continue
+            name = pdf.page_name(src.name, item.index + 1) if src.kind == "pdf" else f"{src.name} {_where(item.index, pts)}"
+            try:  # a document model's geometry can refuse a frame (too elongated for its canvas)
+                pixels = preprocess_one(rgb, spec, min_side, source=name)
+            except ImageError as exc:
+                yield FeedProblem(src.name, _where(item.index, pts), f"{exc.problem}, skipped")
+                continue
             ref, ref_thumb = item.index, thumb
-            yield SampledFrame(item.index, pts, preprocess_one(rgb, spec))
+            yield SampledFrame(item.index, pts, pixels, (int(rgb.shape[1]), int(rgb.shape[0])))
         if skipped:
             yield _Event("skip", src.name, skipped)
     finally:
@@ -247,22 +264,23 @@ def run_feed(
     yielded again (they still steer dedupe). Problems go to `listener.problem`; the run goes on.
     """
     config.check()
-    captioner.resolve_options(options)  # bad options fail before any decoding
+    settled = captioner.resolve_options(options)  # bad options fail before any decoding
     listener = listener or FeedListener()
     producer = _Producer(captioner, list(sources), config, dict(done or {}))
     hold_limit = max(64, 4 * config.batch_size)  # run a partial batch rather than hold more results
     pending: list[_Job] = []
     order: list[_Job | _Repeat] = []  # results not yet yielded, in stream order
-    results: dict[int, tuple[str, float, float | None]] = {}
+    results: dict[int, Result] = {}
     latest: dict[str, int] = {}
 
     def run_batch() -> None:
         if not pending:
             return
         pixels = np.stack([j.pixels for j in pending])
-        for job, hyps in zip(pending, captioner.decode(captioner.encode(pixels), options)):
+        for job, hyps in zip(pending, captioner.decode(captioner.encode(pixels, options), options)):
             best = hyps[0]
-            results[job.id] = (captioner.detokenize(best.token_ids), float(best.score), confidence(best.token_scores))
+            results[job.id] = (captioner.caption_text(best, settled)[0], float(best.score), confidence(best.token_scores),
+                               captioner.parse_answer(best.token_ids, job.size, options))
         pending.clear()
 
     def resolved() -> list[FrameCaption]:
@@ -276,16 +294,16 @@ def run_feed(
                 if old is not None and old != item.id:
                     results.pop(old, None)
                 latest[item.source] = item.id
-                text, score, conf = results[item.id]
-                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, False, conf))
+                text, score, conf, parsed = results[item.id]
+                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, False, conf, parsed))
             else:
                 if isinstance(item.ref, int):
                     if item.ref not in results:
                         break
-                    text, score, conf = results[item.ref]
+                    text, score, conf, parsed = results[item.ref]
                 else:
-                    text, score, conf = item.ref
-                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, True, conf))
+                    text, score, conf, parsed = item.ref
+                out.append(FrameCaption(item.source, item.frame, item.pts, text, score, True, conf, parsed))
         else:
             n = len(order)
         del order[:n]

@@ -1,4 +1,5 @@
-"""Feed sources: video files (PyAV, imported lazily) and frame folders, as decoded-frame streams."""
+"""Feed sources: video files (PyAV, imported lazily), frame folders and PDFs (pypdfium2, imported
+lazily; one frame per page), as decoded-frame streams."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import EdgecapError
+from ..errors import EdgecapError, ImageError
+from .. import pdf
 from ..inputs import IMAGE_EXTENSIONS  # one list for `caption` and `feed`
 from ..extras import install_command
 from ..preprocess import load_image
@@ -40,13 +42,15 @@ class FrameCaption:
     score: float
     repeat: bool  # True: deduped, the caption is that of the source's last captioned frame
     confidence: float | None = None  # Caption.confidence: exp(mean token log-prob); None in older outputs
+    # Caption.parsed: the answer as a structure (Florence-2's boxes in the frame's pixels, Donut's JSON)
+    parsed: Any = None
 
 
 @dataclass(frozen=True)
 class FeedSource:
     name: str  # as recorded in the output ("source"): the resolved path, so any cwd finds it again
-    kind: str  # "video" or "frames"
-    paths: tuple[str, ...]  # one video file, or the frame images in order
+    kind: str  # "video", "frames" or "pdf" (a frame per page)
+    paths: tuple[str, ...]  # one video file or PDF, or the frame images in order
     problem: str | None = None  # set when the source cannot be used at all (not found...)
 
 
@@ -86,17 +90,25 @@ def _dir_sources(path: str) -> list[FeedSource]:
     images = [f for f in files if _ext(f) in IMAGE_EXTENSIONS]
     if images:
         return [FeedSource(name, "frames", tuple(images))]
-    videos = [f for f in files if _ext(f) in VIDEO_EXTENSIONS]
-    if videos:
-        return [FeedSource(v, "video", (v,)) for v in videos]
-    return [FeedSource(name, "frames", (), "directory contains no image or video files")]
+    others = [FeedSource(f, _kind(f), (f,)) for f in files if _ext(f) in VIDEO_EXTENSIONS or pdf.is_pdf(f)]
+    if others:
+        return others
+    return [FeedSource(name, "frames", (), "directory contains no image, video or PDF files")]
+
+
+def _kind(path: str) -> str:
+    """The kind of a single-file source."""
+    if _ext(path) in IMAGE_EXTENSIONS:
+        return "frames"
+    return "pdf" if pdf.is_pdf(path) else "video"
 
 
 def expand_sources(patterns: str | os.PathLike | Sequence[str | os.PathLike]) -> list[FeedSource]:
     """Video files, frame folders (images sorted by name) and globs -> sources, in the order given.
 
-    A folder with image files is one frame source; a folder with only videos gives one source per
-    video; the image files a glob matches form one frame source named by the pattern.
+    A folder with image files is one frame source; a folder without gives one source per video and
+    PDF; the image files a glob matches form one frame source named by the pattern. A PDF's pages
+    are its frames, in order (`frame` 2 is `paper.pdf#page=3`).
     """
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [patterns]
@@ -106,7 +118,7 @@ def expand_sources(patterns: str | os.PathLike | Sequence[str | os.PathLike]) ->
             out += _dir_sources(pattern)
         elif os.path.isfile(pattern):
             path = resolve_name(pattern)
-            out.append(FeedSource(path, "frames" if _ext(path) in IMAGE_EXTENSIONS else "video", (path,)))
+            out.append(FeedSource(path, _kind(path), (path,)))
         elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
             images = [m for m in matches if os.path.isfile(m) and _ext(m) in IMAGE_EXTENSIONS]
@@ -114,7 +126,7 @@ def expand_sources(patterns: str | os.PathLike | Sequence[str | os.PathLike]) ->
                 if os.path.isdir(m):
                     out += _dir_sources(m)
                 elif os.path.isfile(m) and m not in images:
-                    out.append(FeedSource(resolve_name(m), "video", (resolve_name(m),)))
+                    out.append(FeedSource(resolve_name(m), _kind(m), (resolve_name(m),)))
             if images:
                 out.append(FeedSource(resolve_name(pattern), "frames", tuple(map(resolve_name, images))))
             if not matches:
@@ -227,6 +239,18 @@ def _read_video(src: FeedSource) -> Iterator[_Decoded | _Info | FeedProblem]:
             yield FeedProblem(src.name, f"after {_where(index - 1, last_pts)}", f"video ends early (header says {total}): truncated file?")
 
 
+def _read_pdf(src: FeedSource, fps: Fraction) -> Iterator[_Decoded | _Info | FeedProblem]:
+    """A PDF's pages as frames at `fps` (like a frame folder), rendered as Nougat renders them."""
+    try:
+        count = pdf.page_count(src.paths[0])
+    except ImageError as exc:
+        yield FeedProblem(src.name, None, exc.problem)
+        return
+    yield _Info(count / fps)
+    for i in range(count):
+        yield _Decoded(i, Fraction(i) / fps, lambda page=i + 1: np.asarray(pdf.render_page(src.paths[0], page)))
+
+
 def _read_frames(src: FeedSource, fps: Fraction) -> Iterator[_Decoded | _Info | FeedProblem]:
     yield _Info(len(src.paths) / fps if src.paths else None)
     for i, path in enumerate(src.paths):
@@ -246,7 +270,13 @@ def iter_sampled(src: FeedSource, every: float, fps: float = 1.0,
         yield FeedProblem(src.name, None, src.problem)
         return
     step = Fraction(repr(float(every)))
-    reader = _read_video(src) if src.kind == "video" else _read_frames(src, Fraction(repr(float(fps))))
+    rate = Fraction(repr(float(fps)))
+    if src.kind == "video":
+        reader = _read_video(src)
+    elif src.kind == "pdf":
+        reader = _read_pdf(src, rate)
+    else:
+        reader = _read_frames(src, rate)
     next_t: Fraction | None = None
     sampled = 0
     try:

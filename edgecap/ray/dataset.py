@@ -10,6 +10,7 @@ batches mix sources, which changes no caption (captions are batch-invariant).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from edgecap.errors import EdgecapError
 from edgecap.feeds.pipeline import FeedConfig, RepeatedFrame, SampledFrame, sample_source
 from edgecap.feeds.sources import FeedProblem, FeedSource, expand_sources
 from edgecap.options import GenerationOptions
-from edgecap.preprocess import PreprocessSpec, preprocess_one
+from edgecap.preprocess import PreprocessSpec, load_image, preprocess_one
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ log = logging.getLogger(__name__)
 # (float32 [3, H, W], as bytes). "repeat": a frame dedupe found unchanged; it takes the caption of
 # frame `ref` of its source. "start": `expected` = the source's sample count from its duration (or
 # -1). "problem": `problem` says what went wrong (the source goes on unless it cannot be read).
+# Frames also carry their size before preprocessing (`width`, `height`: where parsed answers' boxes lie).
 # "end": the source is fully read; `expected` = how many frame and repeat rows it produced, so a
 # consumer knows when it has all of them whatever order blocks arrive in.
 FRAME, REPEAT, START, PROBLEM, END = "frame", "repeat", "start", "problem", "end"
-COLUMNS = ("source", "kind", "frame", "pts", "ref", "expected", "problem", "pixel_values")
+COLUMNS = ("source", "kind", "frame", "pts", "ref", "expected", "problem", "pixel_values", "width", "height")
 ROWS_PER_YIELD = 16
 DECODE_MEMORY = 256 * 2**20  # bytes a read task reserves  # rows per output batch of a read task: frames stream on while a long video decodes
 
@@ -45,9 +47,11 @@ def _rows(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {c: np.array([r[c] if c in r else _DEFAULTS[c] for r in rows], dtype=_DTYPES[c]) for c in COLUMNS}
 
 
-_DEFAULTS: dict[str, Any] = {"frame": -1, "pts": 0.0, "ref": -1, "expected": -1, "problem": "", "pixel_values": b""}
+_DEFAULTS: dict[str, Any] = {"frame": -1, "pts": 0.0, "ref": -1, "expected": -1, "problem": "", "pixel_values": b"",
+                             "width": -1, "height": -1}
 _DTYPES: dict[str, Any] = {"source": object, "kind": object, "frame": np.int64, "pts": np.float64, "ref": np.int64,
-                           "expected": np.int64, "problem": object, "pixel_values": object}
+                           "expected": np.int64, "problem": object, "pixel_values": object, "width": np.int64,
+                           "height": np.int64}
 
 
 def _decode_sources(batch: dict[str, np.ndarray], config: FeedConfig, spec: PreprocessSpec) -> Iterator[dict[str, np.ndarray]]:
@@ -59,8 +63,10 @@ def _decode_sources(batch: dict[str, np.ndarray], config: FeedConfig, spec: Prep
         for item in sample_source(src, config, spec):
             if isinstance(item, SampledFrame):
                 count += 1
+                width, height = item.size or (-1, -1)
                 rows.append({"source": src.name, "kind": FRAME, "frame": item.frame, "pts": item.pts,
-                             "pixel_values": np.ascontiguousarray(item.pixels, np.float32).tobytes()})
+                             "pixel_values": np.ascontiguousarray(item.pixels, np.float32).tobytes(),
+                             "width": width, "height": height})
             elif isinstance(item, RepeatedFrame):
                 count += 1
                 rows.append({"source": src.name, "kind": REPEAT, "frame": item.frame, "pts": item.pts, "ref": item.ref})
@@ -118,18 +124,20 @@ class _CaptionActor:
         self.options, self.column = options, column
         self.shape = (3, *self.captioner.preprocess_spec.output_hw)
 
-    def _pixels(self, value: Any, preprocessed: bool) -> np.ndarray | None:
+    def _pixels(self, value: Any, preprocessed: bool) -> tuple[np.ndarray, tuple[int, int] | None] | None:
+        """(preprocessed pixels, the image's (width, height) when known), or None for no image."""
         if value is None or (isinstance(value, (bytes, bytearray)) and not value):
             return None
         if preprocessed:
             if isinstance(value, (bytes, bytearray)):
-                return np.frombuffer(value, np.float32).reshape(self.shape)
-            return np.asarray(value, np.float32).reshape(self.shape)
+                return np.frombuffer(value, np.float32).reshape(self.shape), None
+            return np.asarray(value, np.float32).reshape(self.shape), None
         if isinstance(value, (bytes, bytearray)):  # an encoded image file (read_binary_files)
             from PIL import Image
 
             value = Image.open(io.BytesIO(value))
-        return preprocess_one(value, self.captioner.preprocess_spec)
+        rgb = load_image(value)
+        return preprocess_one(rgb, self.captioner.preprocess_spec), (rgb.width, rgb.height)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         column = self.column or ("pixel_values" if "pixel_values" in batch else "image")
@@ -137,28 +145,47 @@ class _CaptionActor:
             raise EdgecapError(f"caption_dataset: no column {column!r} (columns: {', '.join(batch)})")
         values = batch.pop(column)
         n = len(values)
+        widths, heights = batch.get("width"), batch.get("height")  # read_feed's frames carry their size
         captions = np.full(n, "", dtype=object)
+        parsed = np.full(n, "", dtype=object)  # JSON text of Caption.parsed, "" when none
         scores = np.full(n, math.nan)
         confidences = np.full(n, math.nan)
         errors = np.full(n, "", dtype=object)
         todo: list[int] = []
         pixels: list[np.ndarray] = []
+        sizes: list[tuple[int, int] | None] = []
         for i, value in enumerate(values):
             try:
-                px = self._pixels(value, column == "pixel_values")
+                found = self._pixels(value, column == "pixel_values")
             except (EdgecapError, OSError, ValueError) as exc:  # a bad image is this row's problem
                 errors[i] = str(exc) or type(exc).__name__
                 continue
-            if px is not None:
+            if found is not None:
+                size = found[1]
+                if size is None and widths is not None and heights is not None and widths[i] > 0:
+                    size = (int(widths[i]), int(heights[i]))
                 todo.append(i)
-                pixels.append(px)
+                pixels.append(found[0])
+                sizes.append(size)
         if pixels:
             cap = self.captioner
-            for i, hyps in zip(todo, cap.decode(cap.encode(np.stack(pixels)), self.options)):
-                captions[i] = cap.detokenize(hyps[0].token_ids)
+            resolved = cap.resolve_options(self.options)
+            for i, size, hyps in zip(todo, sizes, cap.decode(cap.encode(np.stack(pixels), self.options), self.options)):
+                captions[i] = cap.caption_text(hyps[0], resolved)[0]
                 scores[i] = float(hyps[0].score)
                 confidences[i] = confidence(hyps[0].token_scores)
-        return {**batch, "caption": captions, "score": scores, "confidence": confidences, "error": errors}
+                answer = self._parse(hyps[0].token_ids, size)
+                parsed[i] = "" if answer is None else json.dumps(answer)
+        return {**batch, "caption": captions, "score": scores, "confidence": confidences, "parsed": parsed,
+                "error": errors}
+
+    def _parse(self, token_ids: Any, size: tuple[int, int] | None) -> Any:
+        """Caption.parsed; a Florence-2 answer with locations needs the image's size (a preprocessed
+        pixel_values column without width/height columns has none: no parsed answer then)."""
+        try:
+            return self.captioner.parse_answer(token_ids, size, self.options)
+        except ValueError:
+            return None
 
 
 def caption_dataset(
@@ -180,7 +207,8 @@ def caption_dataset(
     arrays (`ray.data.read_images`), encoded image files as bytes (`read_binary_files`), or, as
     `read_feed` emits them, preprocessed float32 pixels. Rows without an image (empty bytes, None)
     pass through. The image column is dropped; added: `caption`, `score` (NaN where nothing was
-    captioned) and `error` (why an image could not be read, else "").
+    captioned), `parsed` (the answer as a structure, JSON text: Florence-2's boxes in the image's
+    pixels, Donut's JSON; "" for none) and `error` (why an image could not be read, else "").
 
     Each actor reserves `actor_cpus` CPUs and runs ONNX Runtime with as many threads, and
     `actor_gpus` GPUs (give a GPU `backend` with it). `actors`: pool size (default 1).

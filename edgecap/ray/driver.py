@@ -32,7 +32,7 @@ import ray
 import ray.data
 
 from edgecap.errors import EdgecapError
-from edgecap.feeds.output import RECORD_KEYS, check_resume, encode_records, write_atomic, write_subtitles
+from edgecap.feeds.output import RECORD_KEYS, check_resume, encode_records, subtitle_text, write_atomic, write_subtitles
 from edgecap.feeds.pipeline import FeedConfig
 from edgecap.feeds.sources import FeedError, FeedSource, FrameCaption, relative_layout
 from edgecap.outputlock import OutputLock
@@ -158,6 +158,8 @@ def _parquet_bytes(records: list[FrameCaption], extra: dict[str, Any], settings:
     columns.update({k: [v] * len(records) for k, v in extra.items()})
     types = {"source": pa.string(), "frame": pa.int64(), "pts": pa.float64(), "caption": pa.string(),
              "score": pa.float64(), "repeat": pa.bool_(), "confidence": pa.float64()}
+    if any(r.parsed is not None for r in records):  # JSON text, null where a record has none
+        columns["parsed"] = [None if r.parsed is None else json.dumps(r.parsed) for r in records]
     table = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in columns.items()})
     table = table.replace_schema_metadata({"edgecap.settings": json.dumps(settings)})
     sink = io.BytesIO()
@@ -170,7 +172,7 @@ def _parquet_bytes(records: list[FrameCaption], extra: dict[str, Any], settings:
 
 @dataclass
 class _Gathered:
-    frames: dict[int, tuple] = field(default_factory=dict)  # frame -> (pts, caption, score, ref, confidence)
+    frames: dict[int, tuple] = field(default_factory=dict)  # frame -> (pts, caption, score, ref, confidence, parsed)
     expected: int | None = None  # frame + repeat rows announced by the "end" row
     estimate: int | None = None  # sample count from the duration ("start" row)
     problems: list[str] = field(default_factory=list)
@@ -181,10 +183,10 @@ class _Gathered:
     def records(self, source: str) -> list[FrameCaption]:
         out = []
         for frame in sorted(self.frames):
-            pts, caption, score, ref, conf = self.frames[frame]
+            pts, caption, score, ref, conf, parsed = self.frames[frame]
             if ref >= 0:  # a repeat: the caption of the frame it repeats
-                _, caption, score, _, conf = self.frames[ref]
-            out.append(FrameCaption(source, frame, pts, caption, score, ref >= 0, conf))
+                _, caption, score, _, conf, parsed = self.frames[ref]
+            out.append(FrameCaption(source, frame, pts, caption, score, ref >= 0, conf, parsed))
         return out
 
 
@@ -355,9 +357,9 @@ def _gather(batch: dict[str, np.ndarray], gathered: dict[str, _Gathered], finish
     """Add a batch of captioned rows; returns the sources it completed."""
     touched = set()
     first = progress.t_first is None
-    for source, kind, frame, pts, ref, expected, problem, caption, score, conf in zip(
+    for source, kind, frame, pts, ref, expected, problem, caption, score, conf, parsed in zip(
             batch["source"], batch["kind"], batch["frame"], batch["pts"], batch["ref"], batch["expected"],
-            batch["problem"], batch["caption"], batch["score"], batch["confidence"]):
+            batch["problem"], batch["caption"], batch["score"], batch["confidence"], batch["parsed"]):
         source = str(source)
         if source in finished:
             continue
@@ -366,7 +368,8 @@ def _gather(batch: dict[str, np.ndarray], gathered: dict[str, _Gathered], finish
             if int(frame) not in g.frames:
                 progress.frames += 1
             g.frames[int(frame)] = (float(pts), str(caption), float(score), int(ref) if kind == REPEAT else -1,
-                                    None if math.isnan(float(conf)) else float(conf))
+                                    None if math.isnan(float(conf)) else float(conf),
+                                    json.loads(parsed) if parsed else None)
         elif kind == START:
             progress.estimates[source] = None if expected < 0 else int(expected)
         elif kind == PROBLEM and str(problem) not in g.problems:
@@ -391,10 +394,13 @@ def _subtitle_samples(out: OutputDir, sources: list[FeedSource], names: dict[str
         if s.kind != "video" or not path.is_file():
             continue
         if out.fmt == "jsonl":
-            samples[s.name] = [(r.pts, r.caption) for r in load_records(path, repair=False)]
+            samples[s.name] = [(r.pts, subtitle_text(r)) for r in load_records(path, repair=False)]
         else:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path, columns=["pts", "caption"])
-            samples[s.name] = list(zip(table["pts"].to_pylist(), table["caption"].to_pylist()))
+            table = pq.read_table(path)
+            parsed = table["parsed"].to_pylist() if "parsed" in table.column_names else [None] * table.num_rows
+            samples[s.name] = [(pts, subtitle_text(FrameCaption(s.name, 0, pts, caption, 0.0, False, None,
+                                                                 json.loads(p) if p else None)))
+                               for pts, caption, p in zip(table["pts"].to_pylist(), table["caption"].to_pylist(), parsed)]
     return samples
