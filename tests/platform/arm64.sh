@@ -32,7 +32,8 @@
 # the cache is unmounted on exit, on failure and on Ctrl-C (also what a killed earlier run left).
 # Environment: EDGECAP_ARM64_CACHE, OUT, MIRROR (a Debian mirror; default: this host's, from apt),
 # QEMU_CPU (default cortex-a76), KERNEL_CPUS (default "cortex-a72 cortex-a76 neoverse-n1 max"),
-# PROBE_PRECISIONS (default "fp32 int8 fp16 int4"), FAMILIES (tests/platform/bundles.py --families),
+# PROBE_RUNS (default "fp32:fused int8:fused int8:plain fp16:plain int4:fused"),
+# FAMILIES (tests/platform/bundles.py --families),
 # EXTRA_SCENES (default 18), PYTHON (the host's, with torch and transformers: default python3).
 set -Eeuo pipefail
 
@@ -47,7 +48,9 @@ KERNEL_CPUS=${KERNEL_CPUS:-cortex-a72 cortex-a76 neoverse-n1 max}
 FAMILIES=${FAMILIES:-vit-gpt2,deit-trocr,deit-bert,vit-roberta,swin-bart,donut-mbart}
 INVARIANCE_BUNDLE=vit-gpt2
 EXTRA_SCENES=${EXTRA_SCENES:-18}  # captioned beside the 6 demo samples
-PROBE_PRECISIONS=${PROBE_PRECISIONS:-fp32 int8 fp16 int4}
+# PRECISION:FORM captioned under qemu's translation log per emulated CPU (fused: ONNX Runtime's fused
+# operators, the CPU default where a bundle has them; plain: the plain graphs)
+PROBE_RUNS=${PROBE_RUNS:-fp32:fused int8:fused int8:plain fp16:plain int4:fused}
 PROBE_BUNDLES="demo-export vit-gpt2"
 CHROOT=$(command -v chroot || echo /usr/sbin/chroot)
 ROOT_PY=3.11  # Debian bookworm's python3: the wheels are for it
@@ -306,27 +309,32 @@ copy_checkout() {  # the files git knows (tracked, and untracked but not ignored
 }
 
 kernel_probe() {  # kernel_probe CPU: its features, and per precision the instructions the captions translate
-  local cpu=$1 prec precisions=$PROBE_PRECISIONS b bundles=()
+  local cpu=$1 run prec form runs=$PROBE_RUNS b bundles=() tags=()
   # qemu emulates max's SVE/SME slowly (minutes per run); what it adds is the i8mm int8 kernel
-  [ "$cpu" = max ] && precisions=int8
+  [ "$cpu" = max ] && runs="int8:fused int8:plain"
   for b in $PROBE_BUNDLES; do bundles+=("/work/bundles/$b"); done
   use_cpu "$cpu"
   in_root "$ROOT" python3 /src/tests/platform/armcpu.py features >"$ROOT/work/features-$cpu.json"
-  for prec in $precisions; do
-    rm -f "$ROOT/work/qemu-$cpu-$prec.log"
-    in_root "$ROOT" QEMU_LOG=in_asm "QEMU_LOG_FILENAME=/work/qemu-$cpu-$prec.log" \
-      python -P /src/tests/platform/captions.py dump --out "/work/probe-$cpu-$prec.json" \
-      --images /src/models/demo/samples --precisions "$prec" "${bundles[@]}" >/dev/null
-    python3 "$PLATFORM/armcpu.py" count "$ROOT/work/qemu-$cpu-$prec.log" >"$ROOT/work/count-$cpu-$prec.json"
-    rm -f "$ROOT/work/qemu-$cpu-$prec.log"
+  for run in $runs; do
+    prec=${run%%:*} form=${run#*:}
+    tags+=("$prec-$form")
+    rm -f "$ROOT/work/qemu-$cpu-$prec-$form.log"
+    in_root "$ROOT" QEMU_LOG=in_asm "QEMU_LOG_FILENAME=/work/qemu-$cpu-$prec-$form.log" \
+      python -P /src/tests/platform/captions.py dump --out "/work/probe-$cpu-$prec-$form.json" \
+      --images /src/models/demo/samples --precisions "$prec" --forms "$form" "${bundles[@]}" >/dev/null
+    python3 "$PLATFORM/armcpu.py" count "$ROOT/work/qemu-$cpu-$prec-$form.log" >"$ROOT/work/count-$cpu-$prec-$form.json"
+    rm -f "$ROOT/work/qemu-$cpu-$prec-$form.log"
   done
-  python3 - "$ROOT/work" "$cpu" "$RUN/kernels-$cpu.json" $precisions <<'EOF'
+  python3 - "$ROOT/work" "$cpu" "$RUN/kernels-$cpu.json" "${tags[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
-work, cpu, out, precisions = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
+work, cpu, out, tags = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
 k = json.loads((work / f"features-{cpu}.json").read_text())
-k["runs"] = {p: {"instructions": json.loads((work / f"count-{cpu}-{p}.json").read_text()),
-                 "captions": json.loads((work / f"probe-{cpu}-{p}.json").read_text())} for p in precisions}
+k["runs"] = {}
+for tag in tags:
+    prec, form = tag.rsplit("-", 1)
+    k["runs"][f"{prec} ({form})"] = {"instructions": json.loads((work / f"count-{cpu}-{tag}.json").read_text()),
+                                     "captions": json.loads((work / f"probe-{cpu}-{tag}.json").read_text())}
 out.write_text(json.dumps(k, indent=1))
 EOF
 }

@@ -3,12 +3,13 @@
 `dump` imports only the runtime (edgecap, numpy): it runs on the x86 host and inside the emulated
 ARM64 root alike. `compare` and `report` run on the host.
 
-    python captions.py dump --out arm.json --images DIR [--beams 1,3] [--precisions P,..] BUNDLE_DIR...
+    python captions.py dump --out arm.json --images DIR [--beams 1,3] [--precisions P,..]
+                            [--forms fused,plain] BUNDLE_DIR...
     python captions.py compare host.json arm.json          # prints the parity table (markdown)
-    python captions.py report RUN_DIR                      # the whole result of tests/platform/arm64.sh
+    python captions.py report RUN_DIR [--bundles DIR --images DIR]   # tests/platform/arm64.sh's result
 
 A bundle's name in the tables is its directory's name; every precision it has is captioned unless
---precisions narrows them.
+--precisions narrows them, in both graph forms where it has fused graphs ("int8 fused", "int8").
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from pathlib import Path
 PRECISION_ORDER = ("fp32", "int8", "fp16", "int4", "int8-qdq")
 
 
-def dump(bundles: list[Path], images: list[Path], beams: list[int], precisions: list[str] | None) -> dict:
+def dump(bundles: list[Path], images: list[Path], beams: list[int], precisions: list[str] | None,
+         forms: tuple[str, ...] = ("fused", "plain")) -> dict:
+    """Captions of every bundle x precision x graph form x beam width. A precision with fused graphs
+    (ONNX Runtime's fused operators, the CPU default) is captioned in the `forms` asked for, labelled
+    "<precision> fused" and "<precision>"; a precision with plain graphs only, in those."""
     import numpy
     import onnxruntime
 
@@ -34,18 +39,23 @@ def dump(bundles: list[Path], images: list[Path], beams: list[int], precisions: 
     results: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
     for bundle in bundles:
-        have = load_bundle(bundle, verify_checksums=False).precisions
-        for precision in sorted((p for p in have if precisions is None or p in precisions), key=_order):
-            t0 = time.perf_counter()
-            cap = Captioner(bundle, precision=precision, backend="cpu")
-            for num_beams in beams:
-                caps = cap.caption([str(p) for p in images], num_beams=num_beams)
-                results[f"{bundle.name}/{precision}/beams{num_beams}"] = [
-                    {"image": p.name, "tokens": list(c.token_ids), "score": float(c.score), "text": c.text}
-                    for p, c in zip(images, caps)
-                ]
-            seconds[f"{bundle.name}/{precision}"] = round(time.perf_counter() - t0, 2)
-            print(f"captions: {bundle.name} {precision}: {seconds[f'{bundle.name}/{precision}']} s", file=sys.stderr)
+        loaded = load_bundle(bundle, verify_checksums=False)
+        for precision in sorted((p for p in loaded.precisions if precisions is None or p in precisions), key=_order):
+            has_fused = loaded.graphs(precision).fused is not None
+            variants = [(f"{precision} fused", True), (precision, False)] if has_fused else [(precision, False)]
+            for label, fused in variants:
+                if has_fused and ("fused" if fused else "plain") not in forms:
+                    continue
+                t0 = time.perf_counter()
+                cap = Captioner(bundle, precision=precision, backend="cpu", fused=fused)
+                for num_beams in beams:
+                    caps = cap.caption([str(p) for p in images], num_beams=num_beams)
+                    results[f"{bundle.name}/{label}/beams{num_beams}"] = [
+                        {"image": p.name, "tokens": list(c.token_ids), "score": float(c.score), "text": c.text}
+                        for p, c in zip(images, caps)
+                    ]
+                seconds[f"{bundle.name}/{label}"] = round(time.perf_counter() - t0, 2)
+                print(f"captions: {bundle.name} {label}: {seconds[f'{bundle.name}/{label}']} s", file=sys.stderr)
     return {
         "machine": {"arch": platform.machine(), "python": platform.python_version(), "qemu_cpu": os.environ.get("QEMU_CPU"),
                     "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__, "edgecap": __version__},
@@ -54,8 +64,15 @@ def dump(bundles: list[Path], images: list[Path], beams: list[int], precisions: 
     }
 
 
-def _order(precision: str) -> int:
-    return PRECISION_ORDER.index(precision) if precision in PRECISION_ORDER else len(PRECISION_ORDER)
+def _form(label: str) -> tuple[str, bool]:
+    """("int8", True) for "int8 fused", ("int8", False) for "int8"."""
+    base, _, form = label.partition(" ")
+    return base, form == "fused"
+
+
+def _order(label: str) -> tuple[int, str]:
+    base = _form(label)[0]
+    return (PRECISION_ORDER.index(base) if base in PRECISION_ORDER else len(PRECISION_ORDER)), label
 
 
 # The gate (docs/platforms.md): fp32 captions equal to the host's, greedy and beam; int8 (the CPU
@@ -82,7 +99,9 @@ def compare(host: dict, other: dict) -> list[dict]:
         bundle, precision, beams = key.split("/")
         want, got = _by_image(want_list), _by_image(got_list)
         names = sorted(want.keys() & got.keys())
-        fp32_key = f"{bundle}/fp32/{beams}"
+        fp32_key = f"{bundle}/fp32 fused/{beams}" if _form(precision)[1] else f"{bundle}/fp32/{beams}"
+        if fp32_key not in host["results"]:
+            fp32_key = f"{bundle}/fp32/{beams}"
         differ = [{"image": n, "host": want[n]["tokens"], "other": got[n]["tokens"]}
                   for n in names if want[n]["tokens"] != got[n]["tokens"]]
         rows.append({
@@ -108,9 +127,10 @@ def failures(rows: list[dict]) -> list[dict]:
     step of the host (`decisive`, from `judge_differences`; unjudged differences count as decisive)."""
     out = []
     for r in rows:
-        if r["precision"] == "fp32" and r["equal"] != r["images"]:
+        base = _form(r["precision"])[0]
+        if base == "fp32" and r["equal"] != r["images"]:
             out.append(r)
-        elif r["precision"] in GATED and r["beams"] == 1 and r.get("decisive", len(r["differ"])):
+        elif base in GATED and r["beams"] == 1 and r.get("decisive", len(r["differ"])):
             out.append(r)
     return out
 
@@ -126,7 +146,8 @@ def judge_differences(rows: list[dict], bundles: Path, images: Path) -> None:
     for r in rows:
         if r["beams"] != 1 or not r["differ"]:
             continue
-        cap = Captioner(bundles / r["bundle"], precision=r["precision"], backend="cpu")
+        precision, fused = _form(r["precision"])
+        cap = Captioner(bundles / r["bundle"], precision=precision, backend="cpu", fused=fused)
         gen = cap.bundle.manifest.generation
         prefix = ([] if gen.prompt_includes_start and gen.prompt_ids else [gen.decoder_start_token_id]) + list(gen.prompt_ids)
         r["decisive"] = 0
@@ -168,7 +189,7 @@ def parity_table(rows: list[dict], other: str = "ARM") -> str:
     for (bundle, precision), by_beams in cells.items():
         diff = max(r["max_score_diff"] for r in by_beams.values())
         g = by_beams.get(min(beams))
-        own = "-" if precision == "fp32" or g is None or g["host_equal_fp32"] is None else \
+        own = "-" if _form(precision)[0] == "fp32" or g is None or g["host_equal_fp32"] is None else \
             f"{g['host_equal_fp32']}/{g['images']} / {g['other_equal_fp32']}/{g['images']}"
         lines.append(f"| {bundle} | {precision} | " + " | ".join(_mark(by_beams.get(b)) for b in beams)
                      + f" | {diff:.1e} | {own} |")
@@ -264,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--limit", type=int, default=None, help="first N images only")
     d.add_argument("--beams", default="1,3")
     d.add_argument("--precisions", default=None, help="comma-separated; default: every precision a bundle has")
+    d.add_argument("--forms", default="fused,plain", help="graph forms of precisions that have both (default: fused,plain)")
     c = sub.add_parser("compare")
     c.add_argument("host", type=Path)
     c.add_argument("other", type=Path)
@@ -278,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"no images in {args.images}")
         beams = [int(b) for b in args.beams.split(",")]
         precisions = args.precisions.split(",") if args.precisions else None
-        args.out.write_text(json.dumps(dump(args.bundles, images, beams, precisions), indent=1))
+        forms = tuple(f for f in args.forms.split(",") if f)
+        args.out.write_text(json.dumps(dump(args.bundles, images, beams, precisions, forms), indent=1))
         return 0
     if args.cmd == "compare":
         rows = compare(_load(args.host), _load(args.other))
