@@ -5,7 +5,8 @@ time is recorded as not run, and the check then does not pass):
 
 1. environment: GPU, driver, CUDA, onnxruntime(-gpu) and its providers, torch, TensorRT;
 2. parity: the demo model and one tiny model per family (tests/tiny.py) exported here in fp32 and
-   fp16, captioned (greedy, beam 4) by the CPU fp32 graphs and by the `cuda` backend; then
+   fp16, captioned (greedy, beam 4) by the CPU fp32 graphs (the plain ones, which the GPU backends
+   run too) and by the `cuda` backend; then
    `ort-tensorrt` and `tensorrt` on fp32 (a few bundles: engines take a while to build), or one
    "skipped: ..." row each where TensorRT is absent.
    Gated: fp32 on a GPU backend must give the CPU fp32 tokens. fp16 is reported against CPU fp32 and
@@ -158,7 +159,9 @@ def parity(bundles: list[Path], images: list[str], backends: list[str], budget: 
             continue
         have = load_bundle(bundle, verify_checksums=False).precisions
         try:
-            ref = {b: Captioner(bundle, precision="fp32", backend="cpu").caption(images, num_beams=b) for b in BEAMS}
+            # the plain graphs, which the GPU backends run too (fused ones are a CPU form)
+            cpu = Captioner(bundle, precision="fp32", backend="cpu", fused=False)
+            ref = {b: cpu.caption(images, num_beams=b) for b in BEAMS}
         except Exception as exc:
             rows.append({"bundle": bundle.name, "error": f"CPU reference failed: {first_line(exc)}"})
             continue
@@ -179,7 +182,7 @@ def _parity_row(bundle: Path, precision: str, backend: str, images: list[str], r
         if backend == "tensorrt":
             ensure_engines(bundle, precision)
         cap = Captioner(bundle, precision=precision, backend=backend)
-        same = Captioner(bundle, precision=precision, backend="cpu") if precision != "fp32" else None
+        same = Captioner(bundle, precision=precision, backend="cpu", fused=False) if precision != "fp32" else None
         for b in BEAMS:
             got = cap.caption(images, num_beams=b)
             row[f"beams{b}_equal_cpu_fp32"] = sum(g.token_ids == r.token_ids for g, r in zip(got, ref[b]))
