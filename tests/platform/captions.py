@@ -190,7 +190,8 @@ def parity_table(rows: list[dict], other: str = "ARM") -> str:
         diff = max(r["max_score_diff"] for r in by_beams.values())
         g = by_beams.get(min(beams))
         own = "-" if _form(precision)[0] == "fp32" or g is None or g["host_equal_fp32"] is None else \
-            f"{g['host_equal_fp32']}/{g['images']} / {g['other_equal_fp32']}/{g['images']}"
+            f"{g['host_equal_fp32']}/{g['images']} / " + \
+            ("-" if g["other_equal_fp32"] is None else f"{g['other_equal_fp32']}/{g['images']}")
         lines.append(f"| {bundle} | {precision} | " + " | ".join(_mark(by_beams.get(b)) for b in beams)
                      + f" | {diff:.1e} | {own} |")
     return "\n".join(lines)
@@ -201,6 +202,9 @@ def _load(path: Path) -> dict:
 
 
 NOTABLE = ("asimddp", "asimdhp", "i8mm", "svei8mm", "sve", "sve2", "sme", "bf16")
+# qemu's "max" CPU (SVE2, SME, i8mm: what no Jetson or Raspberry Pi has, emulated by qemu 7.2's young
+# SME support) is reported, not gated; the models of real cores are gated
+UNGATED_CPUS = ("max",)
 
 
 def kernel_table(host: dict, kernels: list[dict], bundles: Path | None = None, images: Path | None = None) -> tuple[list[str], bool]:
@@ -215,10 +219,13 @@ def kernel_table(host: dict, kernels: list[dict], bundles: Path | None = None, i
             rows = compare(host, run["captions"])
             if bundles is not None and images is not None:
                 judge_differences(rows, bundles, images)
-            ok = ok and not failures(rows)
+            gated = k["qemu_cpu"] not in UNGATED_CPUS
+            ok = ok and (not gated or not failures(rows))
             eq = "; ".join(f"{r['bundle']} {r['equal']}/{r['images']}" + ("" if r["beams"] == 1 else f" (b{r['beams']})")
                            for r in rows)
-            cpu = f"{k['qemu_cpu']} ({k['midr']})" if first else ""
+            if failures(rows):
+                eq += " **DIFFER**"
+            cpu = (f"{k['qemu_cpu']} ({k['midr']})" + ("" if gated else ", not gated")) if first else ""
             feats = (" ".join(f for f in k["features"] if f in NOTABLE) or "neither dot product nor fp16") if first else ""
             out.append(f"| {cpu} | {feats} | {precision} | {seen} | {eq} |")
             first = False
