@@ -32,9 +32,13 @@ MODELS = {
                                                      max_length=768, init_std=0.2),
     # kha-white/manga-ocr-base's sizes: ViT-base at 224, 2-layer BERT 768 wide, 6,144 tokens, 300-token outputs
     "manga": lambda out: docmodels.manga_like(out),
-    # the same with large weights, so that a random model is decisive (a trained one is; one with init
-    # 0.02 is not, and the precision gate then has nothing to judge)
-    "manga-std0.2": lambda out: docmodels.manga_like(out, init_std=0.2),
+    # the same with large decoder weights, so that a random model is decisive (a trained one is; one with
+    # init 0.02 is not, and the precision gate then has nothing to judge), the encoder kept at 0.02 (a
+    # 12-layer ViT at 0.2 is so unstable that fp32 rounding alone flips PyTorch's own tokens)
+    "manga-decisive": lambda out: docmodels.manga_like(out, init_std=0.2, encoder_std=0.02),
+    "donut-decisive": lambda out: docmodels.donut_like(out, size=(640, 480), embed_dim=64, depths=(2, 2, 6, 2),
+                                                       window=10, d_model=512, decoder_layers=4, vocab=57525,
+                                                       max_length=768, init_std=0.2, encoder_std=0.02),
 }
 
 

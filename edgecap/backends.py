@@ -31,6 +31,14 @@ class SessionOptions:
     # back to back: decode 165 -> 142 ms). A process-wide pool would fix the other half (encoder
     # 63 -> 46 ms) but forces every ONNX Runtime session in the user's process onto it.
     spin: bool = True
+    # How ONNX Runtime allocates intermediate tensors (bench/memory.py measures each; MEMORY_MODES):
+    # "arena" its default (a BFC arena that keeps what it grew, plus memory patterns: buffers planned
+    # per input shape), "arena-no-pattern" the arena without the patterns, "no-arena" plain
+    # allocations, returned after each run.
+    memory: str = "arena"
+
+
+MEMORY_MODES = ("arena", "arena-no-pattern", "no-arena")
 
 
 def resolve_backend(backend: str | None, bundle: Bundle | None = None, precision: str | None = None) -> str:
@@ -64,6 +72,13 @@ def create_session(bundle: Bundle, graph: mf.GraphSpec, backend: str, opts: Sess
         so.inter_op_num_threads = 1
     if not opts.spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if opts.memory not in MEMORY_MODES:
+        raise EdgecapError(f"unknown memory mode {opts.memory!r}; available: {', '.join(MEMORY_MODES)}")
+    if opts.memory == "no-arena":
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
+    elif opts.memory == "arena-no-pattern":
+        so.enable_mem_pattern = False
     try:
         sess = ort.InferenceSession(str(path), sess_options=so, providers=_providers(backend))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

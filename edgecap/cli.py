@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import __version__, pdf
 from .cliargs import (

@@ -284,6 +284,9 @@ class Verification:
     fp64_pytorch_rms: float | None = None  # the same as root mean squares over every verified logit: the gate's
     fp64_rms: float | None = None
     verified_steps: int | None = None  # tokens decoded per image at most (export's --verify-steps)
+    # fp32 of a bundle with fused graphs: this report is the fused graphs' (what the CPU runs), and this
+    # is the plain graphs' (the reference, TensorRT's source), verified against PyTorch the same way
+    plain: "Verification | None" = None
 
 
 @dataclass(frozen=True)

@@ -428,11 +428,13 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
         torch_ref = verify.torch_greedy(ref_model, verify_pixels, vgen)
         # both forms of the fp32 graphs are held to PyTorch: the fused ones (what the CPU runs) and the
         # plain ones (TensorRT's source, the reference); the manifest records the form the CPU runs
-        forms = [True, False] if pairs["fp32"].fused is not None else [False]
-        reports_fp32 = {fused: dataclasses.replace(verify.verify_fp32(ref_model, tmp, verify_pixels, vgen, torch_ref,
-                                                                      options.max_logit_diff, fused=fused),
-                                                   verified_steps=vgen.max_new_tokens) for fused in forms}
+        forms = (True, False) if pairs["fp32"].fused is not None else (False,)
+        reports_fp32 = {fused: dataclasses.replace(rep, verified_steps=vgen.max_new_tokens) for fused, rep in
+                        verify.verify_fp32(ref_model, tmp, verify_pixels, vgen, torch_ref, options.max_logit_diff,
+                                           forms).items()}
         report = reports_fp32[forms[0]]
+        if len(forms) > 1:
+            report = dataclasses.replace(report, plain=reports_fp32[False])
         log.info("fp32 vs PyTorch (%d images, up to %d tokens each): max logit difference %.2e, token agreement "
                  "%.1f%%%s", len(verify_pixels), vgen.max_new_tokens, report.max_logit_diff,
                  100 * report.token_agreement,
@@ -445,8 +447,6 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
                                   f"PyTorch ({problem}); no bundle written. If this model's logits are large, a looser "
                                   "--max-logit-diff may be right")
         reports = {"fp32": report}
-        if len(forms) > 1:
-            reports["fp32/plain"] = reports_fp32[False]
         refused: dict[str, str] = {}
         judge = verify.PrecisionJudge(tmp, eval_pixels, vgen, eval_source) if reduced else None
         for prec in reduced:

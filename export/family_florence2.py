@@ -159,7 +159,7 @@ def _bart_encoder(enc: Any, shared: Any, cfg: Any) -> tuple[np.ndarray, list[Enc
 
 def extract(model: Any, image_hw: tuple[int, int]) -> tuple[Florence2Encoder, Decoder]:
     """Family-neutral weights of a Florence2ForConditionalGeneration at input size `image_hw`."""
-    cfg, vcfg, tcfg = model.config, model.config.vision_config, model.config.text_config
+    vcfg, tcfg = model.config.vision_config, model.config.text_config
     if tcfg.model_type != "bart":
         raise UnsupportedModelError(f"florence2: text model {tcfg.model_type!r}, expected 'bart'")
     inner = model.model

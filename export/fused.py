@@ -28,6 +28,16 @@ from .graphbuilder import CONTRIB, GraphBuilder, mlp_activation, residual, skip_
 from .graphs import decoder_embeddings
 from .weights import Decoder
 
+def _add_norm(g: GraphBuilder, pre_norm: bool, a: str, x: str, bias, this_ln: tuple, next_ln: tuple) -> tuple[str, str]:
+    """After a sub-layer's output `a` (its bias not yet added): (the next sub-layer's input, the residual
+    stream). Post-norm (BART, TrOCR, BERT) normalises the sum with this sub-layer's LayerNorm, which is
+    both; pre-norm (GPT-2, mBART) keeps the sum and normalises it with the next sub-layer's LayerNorm."""
+    if pre_norm:
+        return skip_norm(g, a, x, bias, *next_ln)
+    x, _ = skip_norm(g, a, x, bias, *this_ln)
+    return x, x
+
+
 def build_fused_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32",
                              attentions: bool = False) -> tuple[onnx.ModelProto, list, list]:
     """The fused decoder step (fp32 or int8); `attentions` adds cross_attention.i outputs as the plain
@@ -72,11 +82,7 @@ def build_fused_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32"
         g.declare_output(present_k, "float32", ["batch", heads, "cache_len", head_dim])
         g.declare_output(present_v, "float32", ["batch", heads, "cache_len", head_dim])
         a = g.linear(g.op("Reshape", [ctx, g.const([-1, hidden])]), sa.o, f"{p}.self.o", with_bias=False)
-        if dec.pre_norm:
-            h, x = skip_norm(g, a, x, sa.o.b, layer.ln_cross, f"{p}.ln_cross")
-        else:
-            x, _ = skip_norm(g, a, x, sa.o.b, layer.ln_self, f"{p}.ln_self")
-            h = x
+        h, x = _add_norm(g, dec.pre_norm, a, x, sa.o.b, (layer.ln_self, f"{p}.ln_self"), (layer.ln_cross, f"{p}.ln_cross"))
         # cross-attention: an image's beams are one query sequence over the image's K/V
         cq = g.op("Reshape", [g.linear(h, ca.q, f"{p}.cross.q"), beams_shape])
         ck, cv = crosses[i]
@@ -89,11 +95,7 @@ def build_fused_decoder_step(dec: Decoder, enc_seq: int, precision: str = "fp32"
             g.output(g.op("Reshape", [att, g.const([-1, heads, enc_seq])]), mf.cross_attention(i), "float32",
                      ["batch", heads, enc_seq])
         a = g.linear(g.op("Reshape", [cctx, g.const([-1, hidden])]), ca.o, f"{p}.cross.o", with_bias=False)
-        if dec.pre_norm:
-            h, x = skip_norm(g, a, x, ca.o.b, layer.ln_mlp, f"{p}.ln_mlp")
-        else:
-            x, _ = skip_norm(g, a, x, ca.o.b, layer.ln_cross, f"{p}.ln_cross")
-            h = x
+        h, x = _add_norm(g, dec.pre_norm, a, x, ca.o.b, (layer.ln_cross, f"{p}.ln_cross"), (layer.ln_mlp, f"{p}.ln_mlp"))
         m = mlp_activation(g, h, layer.fc1, layer.act, f"{p}.fc1")
         a = g.linear(m, layer.fc2, f"{p}.fc2", with_bias=False)
         if dec.pre_norm:

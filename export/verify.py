@@ -154,10 +154,11 @@ def graph_logits(cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: 
     return out
 
 
-def logit_diffs(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> np.ndarray:
-    """Per image, the largest |logit| difference between the graphs and PyTorch fp32, teacher-forced
-    along PyTorch's greedy tokens `ref`."""
-    expected = torch_logits(hf_model, pixels, ref, gen)
+def logit_diffs(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation,
+                expected: np.ndarray | None = None) -> np.ndarray:
+    """Per image, the largest |logit| difference between the graphs and PyTorch fp32 (`expected`: its
+    logits when already computed), teacher-forced along PyTorch's greedy tokens `ref`."""
+    expected = torch_logits(hf_model, pixels, ref, gen) if expected is None else expected
     ours = graph_logits(cap, pixels, ref, gen)
     return np.array([float(np.abs(o - expected[i, : len(o)]).max()) for i, o in enumerate(ours)])
 
@@ -177,25 +178,27 @@ class Fp64Check:
     edgecap_rms: float
 
 
-def fp64_check(hf_model, cap: Captioner, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> Fp64Check:
-    """Both fp32 implementations against PyTorch in float64, teacher-forced along `ref`, one image at
-    a time (a float64 forward costs a few times an fp32 one, and its activations twice the memory)."""
+def fp64_check(hf_model, caps: dict, pixels: np.ndarray, ref: list[list[int]], gen: mf.Generation) -> dict:
+    """PyTorch fp32 and each captioner of `caps` (key -> Captioner) against PyTorch in float64,
+    teacher-forced along `ref`, one image at a time (a float64 forward costs a few times an fp32 one,
+    and its activations twice the memory); the float64 reference is computed once for all of them."""
     import copy
 
     double = copy.deepcopy(hf_model).double()
-    err = {"pytorch": [0.0, 0.0], "edgecap": [0.0, 0.0]}  # max, sum of squares
+    err = {who: [0.0, 0.0] for who in ["pytorch", *caps]}  # max, sum of squares
     count = 0
     for i in range(len(ref)):
         one, r = pixels[i : i + 1], ref[i : i + 1]
         reference = torch_logits(double, one, r, gen)[0, : len(r[0])]
-        for who, logits in (("pytorch", torch_logits(hf_model, one, r, gen)[0, : len(r[0])]),
-                            ("edgecap", graph_logits(cap, one, r, gen)[0])):
-            diff = np.abs(logits - reference)
+        logits = {"pytorch": torch_logits(hf_model, one, r, gen)[0, : len(r[0])]}
+        logits.update({who: graph_logits(cap, one, r, gen)[0] for who, cap in caps.items()})
+        for who, values in logits.items():
+            diff = np.abs(values - reference)
             err[who][0] = max(err[who][0], float(diff.max()))
             err[who][1] += float(np.square(diff).sum())
         count += reference.size
     rms = {who: float(np.sqrt(e[1] / max(1, count))) for who, e in err.items()}
-    return Fp64Check(err["pytorch"][0], err["edgecap"][0], rms["pytorch"], rms["edgecap"])
+    return {who: Fp64Check(err["pytorch"][0], err[who][0], rms["pytorch"], rms[who]) for who in caps}
 
 
 # Where the logits differ from PyTorch's by more than the absolute tolerance, the graphs still pass if,
@@ -210,19 +213,23 @@ NOISE_FACTOR = 2.0
 
 
 def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]],
-                tolerance: float, fused: bool | None = None) -> mf.Verification:
-    """fp32 graphs (`fused`: which form, as Captioner takes it) against PyTorch; `ref` =
-    torch_greedy(hf_model, pixels, gen). Beyond `tolerance`, both are also measured against float64
-    (`fp32_problem` judges)."""
-    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=fused)
-    tok, capt = agreement(greedy_tokens(cap, pixels, gen), ref)
-    diffs = logit_diffs(hf_model, cap, pixels, ref, gen)
-    report = mf.Verification("pytorch", len(pixels), float(diffs.max()), tok, capt)
-    if report.max_logit_diff > tolerance or tok < 1.0:
-        check = fp64_check(hf_model, cap, pixels, ref, gen)
-        report = dataclasses.replace(report, fp64_pytorch_error=check.pytorch_error, fp64_error=check.edgecap_error,
-                                     fp64_pytorch_rms=check.pytorch_rms, fp64_rms=check.edgecap_rms)
-    return report
+                tolerance: float, forms: tuple = (None,)) -> dict:
+    """fp32 graphs against PyTorch, per form (`forms`: Captioner's `fused` values: None for the default
+    graphs, False for the plain ones) -> its Verification; `ref` = torch_greedy(hf_model, pixels, gen).
+    Beyond `tolerance`, both are also measured against float64 (`fp32_problem` judges)."""
+    expected = torch_logits(hf_model, pixels, ref, gen)  # once for every form
+    caps, reports = {}, {}
+    for form in forms:
+        cap = caps[form] = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=form)
+        tok, capt = agreement(greedy_tokens(cap, pixels, gen), ref)
+        diffs = logit_diffs(hf_model, cap, pixels, ref, gen, expected=expected)
+        reports[form] = mf.Verification("pytorch", len(pixels), float(diffs.max()), tok, capt)
+    noisy = {form: caps[form] for form, rep in reports.items() if rep.max_logit_diff > tolerance or rep.token_agreement < 1}
+    for form, check in (fp64_check(hf_model, noisy, pixels, ref, gen) if noisy else {}).items():
+        reports[form] = dataclasses.replace(reports[form], fp64_pytorch_error=check.pytorch_error,
+                                            fp64_error=check.edgecap_error, fp64_pytorch_rms=check.pytorch_rms,
+                                            fp64_rms=check.edgecap_rms)
+    return reports
 
 
 def fp32_problem(report: mf.Verification, tolerance: float, min_token_agreement: float = 1.0) -> str | None:

@@ -35,12 +35,13 @@ def _save(model: VisionEncoderDecoderModel, out: Path, tokenizer, processor: dic
 
 def donut_like(out: Path, size: tuple[int, int] = (160, 160), embed_dim: int = 32, depths=(2, 2, 6, 2),
                window: int = 5, d_model: int = 256, decoder_layers: int = 4, vocab: int = 512, max_length: int = 768,
-               init_std: float = 0.2, seed: int = 0) -> Path:
+               init_std: float = 0.2, seed: int = 0, encoder_std: float | None = None) -> Path:
     """donut-base's structure: Donut-Swin (4 stages, heads doubling) + mBART (pre-norm, scaled
     embeddings, final LayerNorm), Donut's processor (align long axis, thumbnail, pad), bad_words [[unk]]."""
     heads = [max(1, embed_dim // 32) * 2 ** i for i in range(len(depths))]
     enc = DonutSwinConfig(image_size=list(size), patch_size=4, embed_dim=embed_dim, depths=list(depths),
-                          num_heads=heads, window_size=window, initializer_range=init_std)
+                          num_heads=heads, window_size=window,
+                          initializer_range=init_std if encoder_std is None else encoder_std)
     dec = MBartConfig(vocab_size=vocab, d_model=d_model, decoder_layers=decoder_layers, encoder_layers=decoder_layers,
                       decoder_attention_heads=max(1, d_model // 64), decoder_ffn_dim=4 * d_model,
                       max_position_embeddings=2 * max_length, is_decoder=True, add_cross_attention=True,
@@ -79,14 +80,15 @@ def write_slow_japanese_tokenizer(out: Path, vocab: list[str]) -> None:
 
 def manga_like(out: Path, image: int = 224, hidden: int = 768, encoder_layers: int = 12, decoder_hidden: int = 768,
                vocab: int = 6144, max_length: int = 300, init_std: float = 0.02, seed: int = 0,
-               slow_vocab: list[str] | None = None) -> Path:
+               slow_vocab: list[str] | None = None, encoder_std: float | None = None) -> Path:
     """kha-white/manga-ocr-base's structure: ViT encoder + 2-layer BERT decoder (CLS starts, SEP ends),
     beams 4, no_repeat_ngram 3, length_penalty 2. `slow_vocab`: ship it as manga-ocr does (vocab.txt
     and a slow BertJapaneseTokenizer only)."""
     if slow_vocab is not None:
         vocab = len(slow_vocab)
     enc = ViTConfig(image_size=image, patch_size=16, hidden_size=hidden, num_hidden_layers=encoder_layers,
-                    num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden, initializer_range=init_std)
+                    num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+                    initializer_range=init_std if encoder_std is None else encoder_std)
     dec = BertConfig(vocab_size=vocab, hidden_size=decoder_hidden, num_hidden_layers=2,
                      num_attention_heads=max(1, decoder_hidden // 64), intermediate_size=4 * decoder_hidden,
                      max_position_embeddings=512, is_decoder=True, add_cross_attention=True, initializer_range=init_std,

@@ -4,7 +4,6 @@ problem a BundleError naming the field or file, never ONNX Runtime's error or a 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -19,19 +18,7 @@ from edgecap.bundle import load_bundle, sha256_file
 from edgecap.onnxfile import external_data_locations
 
 
-@pytest.fixture()
-def bundle(export_tiny, tmp_path):
-    _, src = export_tiny("vit", "gpt2")
-    dst = tmp_path / "bundle"
-    shutil.copytree(src, dst)
-    return dst
-
-
-def edit_manifest(bundle, fn):
-    path = bundle / mf.MANIFEST_FILE
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data))
+from test_bundle import bundle, edit_manifest  # noqa: F401 (a fixture)
 
 
 def rehash(bundle):

@@ -95,26 +95,29 @@ def test_demo_checkpoint_exports_int8_and_int4_with_default_options(tmp_path):
         assert verification[prec].decisive_agreement >= 0.97
 
 
-def test_large_graphs_keep_weights_in_external_data(tmp_path, monkeypatch, sample_images):
-    """Graphs near protobuf's 2 GiB limit store weights beside them; the bundle lists and checks them."""
-    from edgecap_export import quantize
+def test_weights_live_once_in_each_precisions_weights_file(tmp_path, sample_images):
+    """Every large tensor of a precision's graphs (plain and fused) is in <precision>/weights.bin, once:
+    no graph file nears protobuf's 2 GiB limit, the fused form costs no second copy of the weights, and
+    the weights file is listed and checksummed like every other file."""
+    import onnx
 
-    monkeypatch.setattr(quantize, "EXTERNAL_DATA_BYTES", 10_000)  # make the tiny model "large"
     ckpt = tiny.build(tmp_path / "ckpt")
     bundle = export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32", "int8"), min_agreement=0.0))
-    files = load_bundle(bundle).manifest.files
-    assert "fp32/decoder.onnx.data" in files and "int8/decoder.onnx.data" in files
-    small = tmp_path / "small"
-    export(str(ckpt), small, ExportOptions(precisions=("fp32",)))
-    monkeypatch.undo()
-    ref = Captioner(small, precision="fp32").caption(sample_images)
-    assert [c.token_ids for c in Captioner(bundle, precision="fp32").caption(sample_images)] == [c.token_ids for c in ref]
-    # the weights file is checksummed like every other file
-    data = bundle / "fp32" / "decoder.onnx.data"
+    b = load_bundle(bundle)
+    for prec in ("fp32", "int8"):
+        assert f"{prec}/weights.bin" in b.manifest.files
+        graphs = [bundle / prec / n for n in ("encoder.onnx", "decoder.onnx", "encoder.fused.onnx", "decoder.fused.onnx")]
+        assert all(b.external[f"{prec}/{g.name}"] == (f"{prec}/weights.bin",) for g in graphs)
+        # the weights file holds less than the two forms' initializers together: they share tensors
+        total = sum(len(t.raw_data) for g in graphs for t in onnx.load(str(g)).graph.initializer)
+        assert (bundle / prec / "weights.bin").stat().st_size < 0.75 * total
+    plain = Captioner(bundle, precision="fp32", fused=False).caption(sample_images)
+    assert [c.token_ids for c in Captioner(bundle, precision="fp32").caption(sample_images)] == [c.token_ids for c in plain]
+    data = bundle / "fp32" / "weights.bin"
     raw = bytearray(data.read_bytes())
     raw[100] ^= 1
     data.write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match="decoder.onnx.data: checksum mismatch"):
+    with pytest.raises(BundleError, match="weights.bin: checksum mismatch"):
         load_bundle(bundle)
 
 
