@@ -105,7 +105,9 @@ def targets_table(rows: list[dict], targets: list[tuple] = TARGETS) -> list[str]
 
 def peers_table(rows: list[dict]) -> list[str]:
     """edgecap's latency over each peer's at the same precision and case (below 1: edgecap faster)."""
-    peers = sorted({r["engine"] for r in rows if r["engine"] not in ("edgecap", "edgecap-plain", "pytorch")})
+    # the CPU peers: edgecap's CPU rows are compared with them (pytorch-cuda runs on a GPU)
+    peers = sorted({r["engine"] for r in rows
+                    if r["engine"] not in ("edgecap", "edgecap-plain", "pytorch") and r["backend"] == "cpu"})
     out = ["| prec | batch | beams | " + " | ".join(f"edgecap / {p}" for p in peers) + " |",
            "|---|---|---|" + "---|" * len(peers)]
     ours = [r for r in rows if r["engine"] == "edgecap" and not r["error"] and r["backend"] == "cpu"]

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .benchfloors import floor_estimate, measure_floors
-from .benchpeers import PEERS, engine_specs, first_line, load_peer, peer_python, run_child
+from .benchpeers import PEER_BACKENDS, PEERS, engine_specs, first_line, load_peer, peer_python, run_child
 from .cliargs import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .errors import EdgecapError
 from .extras import install_command
@@ -170,12 +170,14 @@ def _ratio(value: float | None, base: float | None, fmt: str = "{:.1f}x") -> str
 
 def print_table(rows: list[Row], out=sys.stdout) -> None:
     """One line per row; `enc/fl` and `step/fl` are the encoder and step times over their floors."""
-    base = {(r.batch_size, r.num_beams): r.latency_ms_p50 for r in rows if r.engine == "pytorch" and not r.error}
-    head = (f"{'engine':<9}{'backend':<8}{'prec':<9}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}"
+    # "vs torch": over PyTorch fp32 on the same kind of device (pytorch on the CPU, pytorch-cuda on a GPU)
+    base = {(r.batch_size, r.num_beams, r.backend == "cpu"): r.latency_ms_p50 for r in rows
+            if r.engine in ("pytorch", "pytorch-cuda") and r.precision == "fp32" and not r.error}
+    head = (f"{'engine':<14}{'backend':<8}{'prec':<9}{'batch':>6}{'beams':>6}{'p50 ms':>10}{'p90 ms':>10}{'img/s':>8}"
             f"{'tok/s':>8}{'enc ms':>8}{'enc/fl':>7}{'step ms':>9}{'step/fl':>8}{'RSS MB':>8}{'vs torch':>9}")
     print(head, file=out)
     for r in rows:
-        lead = f"{r.engine:<9}{r.backend:<8}{r.precision:<9}{r.batch_size:>6}{r.num_beams:>6}"
+        lead = f"{r.engine:<14}{r.backend:<8}{r.precision:<9}{r.batch_size:>6}{r.num_beams:>6}"
         if r.error:
             print(f"{lead}  failed: {r.error}", file=out)
             continue
@@ -185,7 +187,7 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
             f"{(f'{r.decoder_step_ms:.2f}' if r.decoder_step_ms else '-'):>9}"
             f"{_ratio(r.decoder_step_ms, r.floor_decoder_step_ms):>8}"
             f"{(f'{r.peak_rss_mb:.0f}' if r.peak_rss_mb else '-'):>8}"
-            f"{_ratio(r.latency_ms_p50, base.get((r.batch_size, r.num_beams)), '{:.2f}x'):>9}",
+            f"{_ratio(r.latency_ms_p50, base.get((r.batch_size, r.num_beams, r.backend == 'cpu')), '{:.2f}x'):>9}",
             file=out,
         )
 
@@ -297,9 +299,10 @@ def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) ->
     manifest = load_bundle(bundle, verify_checksums=False).manifest
     h, w = PreprocessSpec.from_dict(manifest.preprocess).output_hw
     peer = None
+    peer_backend = PEER_BACKENDS.get(engine, "cpu")
     if engine not in EDGECAP_ENGINES:
         if ckpt is None:
-            return failed_rows(args, engine, precision, "cpu", "needs --model or --synthetic (a bundle has no PyTorch weights)")
+            return failed_rows(args, engine, precision, peer_backend, "needs --model or --synthetic (a bundle has no PyTorch weights)")
         try:
             # Florence-2: the peer runs the bundle's default task prompt too (edgecap's rows encode it)
             prompt = ((manifest.generation.prompt_ids, manifest.architecture.encoder_seq_len)
@@ -307,7 +310,7 @@ def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) ->
             peer = load_peer(engine, precision, ckpt, args.threads, Path(args.bundle_dir).parent, prompt)
         except Exception as exc:  # a missing package, a failed export: the row says so, the bench goes on
             log.warning("%s %s cannot run: %s", engine, precision, first_line(exc))
-            return failed_rows(args, engine, precision, "cpu", first_line(exc))
+            return failed_rows(args, engine, precision, peer_backend, first_line(exc))
     rows = []
     for batch, beams in _cases(args):
         pixels = np.random.default_rng(batch).uniform(-1, 1, size=(batch, 3, h, w)).astype(np.float32)
@@ -319,10 +322,10 @@ def run_engine(args, spec: str, bundle: Path, ckpt: str | None, floors: dict) ->
             times = time_calls(peer.runner(pixels, beams, args.new_tokens), args.warmup, args.repeat)
         except Exception as exc:  # e.g. a peer's graphs that fail at some batch size or beam width
             log.warning("%s %s batch %d beams %d failed: %s", engine, precision, batch, beams, first_line(exc))
-            rows.append(Row(engine, "cpu", precision, batch, beams, args.new_tokens, None, None, None, None,
+            rows.append(Row(engine, peer_backend, precision, batch, beams, args.new_tokens, None, None, None, None,
                             load_s=peer.load_seconds, error=first_line(exc)))
             continue
-        rows.append(_row(engine, "cpu", precision, batch, beams, args.new_tokens, times, load_s=peer.load_seconds))
+        rows.append(_row(engine, peer_backend, precision, batch, beams, args.new_tokens, times, load_s=peer.load_seconds))
     rss_mb = peak_rss_mb()
     for r in rows:
         r.peak_rss_mb = rss_mb
@@ -401,8 +404,8 @@ def _run(args, argv: list[str]) -> int:
         if error and engine in EDGECAP_ENGINES:  # a backend whose packages are missing: a note (docs/gpu.md)
             log.warning("%s failed; see the lines above", spec)
         elif error:
-            rows += failed_rows(args, engine, precision, "cpu", error)
-    order = {e: i for i, e in enumerate(("edgecap", "edgecap-plain", "pytorch", "optimum", "openvino"))}
+            rows += failed_rows(args, engine, precision, PEER_BACKENDS.get(engine, "cpu"), error)
+    order = {e: i for i, e in enumerate(("edgecap", "edgecap-plain", "pytorch", "pytorch-cuda", "optimum", "openvino"))}
     rows.sort(key=lambda r: (r.batch_size, r.num_beams, order.get(r.engine, 9), r.precision))
     print_table(rows)
     if args.json:

@@ -25,10 +25,14 @@ log = logging.getLogger("edgecap.bench")
 # name -> what it is, for --help and the README. Each runs fp32, and int8 too when --precision has it.
 PEERS = {
     "pytorch": "transformers generate() on the checkpoint (fp32 only)",
+    "pytorch-cuda": "transformers generate() on a CUDA GPU (needs torch with CUDA); fp32, and fp16 when --precision has it",
     "optimum": "Optimum ORTModelForVision2Seq (ONNX Runtime); int8 = ONNX Runtime dynamic quantization",
     "openvino": "optimum-intel OVModelForVision2Seq (OpenVINO CPU); int8 = NNCF 8-bit weight compression",
 }
-PEER_PRECISIONS = {"pytorch": ("fp32",), "optimum": ("fp32", "int8"), "openvino": ("fp32", "int8")}
+PEER_PRECISIONS = {"pytorch": ("fp32",), "pytorch-cuda": ("fp32", "fp16"), "optimum": ("fp32", "int8"),
+                   "openvino": ("fp32", "int8")}
+# where a peer runs (the rows' backend column); the others run on the CPU
+PEER_BACKENDS = {"pytorch-cuda": "cuda"}
 
 PEER_PYTHON_ENV = "EDGECAP_BENCH_PEER_PYTHON"
 
@@ -70,6 +74,8 @@ def load_peer(name: str, precision: str, ckpt: str, threads: int | None, workdir
 
     if name == "pytorch":
         return peer_mod.PytorchPeer(ckpt, threads, encoder_prompt)
+    if name == "pytorch-cuda":
+        return peer_mod.PytorchPeer(ckpt, threads, encoder_prompt, device="cuda", fp16=precision == "fp16")
     if name == "optimum":
         return peer_mod.OptimumPeer(ckpt, threads, workdir, int8=precision == "int8")
     if name == "openvino":

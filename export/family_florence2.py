@@ -249,7 +249,7 @@ class PromptedModel:
     def _input_ids(self, pixel_values: Any):
         import torch
 
-        return torch.tensor([self.ids] * int(pixel_values.shape[0]), dtype=torch.long)
+        return torch.tensor([self.ids] * int(pixel_values.shape[0]), dtype=torch.long, device=pixel_values.device)
 
     def parameters(self):
         return self.model.parameters()

@@ -59,52 +59,76 @@ def build_synthetic(name: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def generate_runner(model, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
-    """A call of `model.generate()` making exactly `new_tokens` tokens (both peers run through it)."""
+def generate_runner(model, pixels: np.ndarray, num_beams: int, new_tokens: int, device: str = "cpu",
+                    half: bool = False) -> Callable[[], object]:
+    """A call of `model.generate()` making exactly `new_tokens` tokens (every peer runs through it).
+
+    Pixels go to `device` (as fp16 with `half`) once, outside the timed call; on a GPU the call waits
+    for the device before it returns, so the time is the caption's, not the launch's."""
     import torch
 
     px = torch.from_numpy(pixels)
+    if device != "cpu" or half:
+        px = px.to(device=device, dtype=torch.float16 if half else torch.float32)
 
     def run():
         with torch.inference_mode():
-            return model.generate(
+            out = model.generate(
                 pixel_values=px, num_beams=num_beams, do_sample=False,
                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
             )
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return out
 
     return run
 
 
 class PytorchPeer:
-    """transformers `generate()` on the same checkpoint and pixels. A model whose encoder reads a prompt
-    (Florence-2) gets `encoder_prompt` = (the bundle's default prompt ids, image tokens): the task the
-    edgecap rows run, as the processor's input_ids (<image> placeholders, then the prompt). They come
-    from the bundle, not the processor: a peer environment on transformers 4.57 cannot read a
-    tokenizer config saved by 5.x, while it reads the model."""
+    """transformers `generate()` on the same checkpoint and pixels; on the CPU, or on a CUDA GPU
+    (device="cuda", the `pytorch-cuda` peer) in fp32 or, with fp16=True, in half precision. A model
+    whose encoder reads a prompt (Florence-2) gets `encoder_prompt` = (the bundle's default prompt
+    ids, image tokens): the task the edgecap rows run, as the processor's input_ids (<image>
+    placeholders, then the prompt). They come from the bundle, not the processor: a peer environment
+    on transformers 4.57 cannot read a tokenizer config saved by 5.x, while it reads the model."""
 
     name = "pytorch"
 
-    def __init__(self, model_dir: str, threads: int | None, encoder_prompt: tuple[list[int], int] | None = None) -> None:
+    def __init__(self, model_dir: str, threads: int | None, encoder_prompt: tuple[list[int], int] | None = None,
+                 device: str = "cpu", fp16: bool = False) -> None:
         import torch
         from transformers import VisionEncoderDecoderModel
 
+        if device != "cpu" and not torch.cuda.is_available():
+            raise RuntimeError(f"this torch {torch.__version__} sees no CUDA device")
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
+        self.backend = "cpu" if device == "cpu" else "cuda"
+        self.device, self.fp16 = device, fp16
         t0 = time.perf_counter()
         if encoder_prompt is not None:
             from transformers import Florence2ForConditionalGeneration
 
+            model = Florence2ForConditionalGeneration.from_pretrained(model_dir).eval()
+        else:
+            model = VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+        if fp16:
+            model = model.half()
+        model = model.to(device)
+        if device != "cpu":
+            # fp32 means fp32 here as in edgecap's CUDA backend (no TF32 matmuls)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        if encoder_prompt is not None:
             from .family_florence2 import PromptedModel
 
-            model = Florence2ForConditionalGeneration.from_pretrained(model_dir).eval()
-            self.model = PromptedModel(model, list(encoder_prompt[0]), int(encoder_prompt[1]))
-        else:
-            self.model = VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+            model = PromptedModel(model, list(encoder_prompt[0]), int(encoder_prompt[1]))
+        self.model = model
         self.load_seconds = time.perf_counter() - t0
 
     def runner(self, pixels: np.ndarray, num_beams: int, new_tokens: int) -> Callable[[], object]:
-        return generate_runner(self.model, pixels, num_beams, new_tokens)
+        return generate_runner(self.model, pixels, num_beams, new_tokens, self.device, self.fp16)
 
 
 class OptimumPeer:

@@ -72,7 +72,7 @@ def test_bench_unknown_peer_is_a_usage_error():
     res = subprocess.run([sys.executable, "-m", "edgecap.bench", "--synthetic", "vit-gpt2-base", "--compare",
                           "pytorch,nosuchpeer"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
-    assert "unknown peer nosuchpeer (available: pytorch, optimum, openvino)" in res.stderr
+    assert "unknown peer nosuchpeer (available: pytorch, pytorch-cuda, optimum, openvino)" in res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -85,7 +85,7 @@ def test_bench_help_and_version():
     text = " ".join(res.stdout.split())  # argparse wraps lines
     assert "--warmup N untimed calls of each case before it is timed (default: 1)" in text
     assert "--repeat N timed calls of each case; p50/p90 are over them (default: 3)" in text
-    assert set(PEERS) == {"pytorch", "optimum", "openvino"}
+    assert set(PEERS) == {"pytorch", "pytorch-cuda", "optimum", "openvino"}
     for name in PEERS:
         assert f"  {name} " in res.stdout, name  # the epilog's peer list
     assert "--peer-python" in text and "exit codes:" in text
@@ -134,6 +134,20 @@ def test_bench_unavailable_peer_is_a_failed_row(tmp_path):
     assert res.returncode == 1
     [row] = [r for r in rows if r["engine"] == "pytorch"]
     assert row["error"] == "process failed (Fatal Python error: Segmentation fault)"
+
+
+def test_bench_pytorch_cuda_without_cuda_is_a_failed_row(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch has a CUDA device: the pytorch-cuda peer runs (bench/gpu_check.sh times it)")
+    res, rows = _bench(tmp_path, "--compare", "pytorch-cuda", "--precision", "fp32,fp16")
+    assert res.returncode == 1, res.stderr
+    failed = [r for r in rows if r["engine"] == "pytorch-cuda"]
+    assert {(r["precision"], r["backend"]) for r in failed} == {("fp32", "cuda"), ("fp16", "cuda")}
+    assert all("sees no CUDA device" in r["error"] and r["latency_ms_p50"] is None for r in failed)
+    assert {(r["engine"], r["precision"]) for r in rows if not r["error"]} == {("edgecap", "fp32"), ("edgecap", "fp16")}
+    assert "Traceback" not in res.stderr
 
 
 def test_bench_gpu_backend_without_gpu_is_a_note(tmp_path):
