@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--plain", action="store_true", help="profile the bundle's plain graphs (default: the fused ones)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="edgecap-profile-")
     _profiled(work)
-    cap = Captioner(args.bundle, precision=args.precision, backend="cpu", threads=args.threads)
+    cap = Captioner(args.bundle, precision=args.precision, backend="cpu", threads=args.threads,
+                    fused=False if args.plain else None)
     images = [np.random.default_rng(i).integers(0, 256, (224, 224, 3), dtype=np.uint8) for i in range(args.batch)]
     opts = GenerationOptions(num_beams=args.beams, max_new_tokens=args.steps, min_new_tokens=args.steps)
     cap.caption(images, options=opts)  # warm-up (profiled too; subtracted below)
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     sessions = [cap._encoder.session]
     with cap.step_decoder() as decoder:
         sessions.append(decoder.session)
-    result = {"bundle": args.bundle, "precision": cap.precision, "batch": args.batch, "beams": args.beams,
+    result = {"bundle": args.bundle, "precision": cap.precision, "graphs": "fused" if cap.fused else "plain",
+              "batch": args.batch, "beams": args.beams,
               "steps": args.steps, "threads": args.threads}
     for role, session, per in (("encoder", sessions[0], runs), ("decoder_step", sessions[1], runs * args.steps)):
         result[role] = summarize(Path(session.end_profiling()), per)

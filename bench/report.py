@@ -14,16 +14,18 @@ import json
 import sys
 from pathlib import Path
 
-# (label, precision, batch, beams, kind, target); kinds: latency ratio to PyTorch (<=), images/s
-# ratio to PyTorch (>=), decoder step over its floor (<=), peak RSS ratio to PyTorch (<=).
+# (label, precision, batch, beams, kind, target); kinds: latency ratio to PyTorch (<=), images/s ratio
+# to PyTorch (>=), decoder step / encoder over its floor (<=), peak RSS ratio to PyTorch (<=), latency
+# ratio to Optimum at the same precision (<=). Issue 20's table.
 TARGETS = [
     ("int8 greedy, batch 1", "int8", 1, 1, "latency", 0.20),
-    ("int4 greedy, batch 1", "int4", 1, 1, "latency", 0.15),
     ("int8 beam 4, batch 1", "int8", 1, 4, "latency", 0.15),
     ("int8 greedy, batch 8", "int8", 8, 1, "throughput", 4.5),
-    ("int8 decoder step, batch 1 greedy", "int8", 1, 1, "floor", 1.3),
-    ("int4 decoder step, batch 1 greedy", "int4", 1, 1, "floor", 1.3),
+    ("int8 decoder step, batch 1 greedy", "int8", 1, 1, "floor", 1.6),
+    ("int8 encoder, batch 1", "int8", 1, 1, "encoder_floor", 2.0),
+    ("int4 greedy, batch 1", "int4", 1, 1, "latency", 0.18),
     ("int8 peak RSS", "int8", 1, 1, "rss", 0.45),
+    ("int8 greedy vs Optimum int8", "int8", 1, 1, "optimum", 0.35),
 ]
 # Florence-2 (issue 21; a bench JSON whose architecture has encoder_prompt): the <CAPTION> task, beam 3
 FLORENCE2_TARGETS = [("int8 <CAPTION>, beam 3, batch 1", "int8", 1, 3, "latency", 0.25)]
@@ -93,14 +95,38 @@ def targets_table(rows: list[dict], targets: list[tuple] = TARGETS) -> list[str]
         elif ours and torch and kind == "throughput":
             value = ours["images_per_s"] / torch["images_per_s"]
             text = f"{ours['images_per_s']:.2f} / {torch['images_per_s']:.2f} img/s = **{value:.2f}×**"
+        elif ours and kind == "encoder_floor" and ours["floor_encoder_ms"]:
+            value = ours["encoder_ms"] / ours["floor_encoder_ms"]
+            text = f"{ours['encoder_ms']:.1f} / {ours['floor_encoder_ms']:.1f} ms = **{value:.2f}×**"
+        elif ours and kind == "optimum" and (peer := find("optimum", precision, batch, beams)):
+            value = ours["latency_ms_p50"] / peer["latency_ms_p50"]
+            text = f"{ours['latency_ms_p50']:.1f} / {peer['latency_ms_p50']:.1f} ms = **{value:.2f}×**"
         elif ours and torch and kind == "rss" and ours["peak_rss_mb"] and torch["peak_rss_mb"]:
             value = ours["peak_rss_mb"] / torch["peak_rss_mb"]
             text = f"{ours['peak_rss_mb']:.0f} / {torch['peak_rss_mb']:.0f} MB = **{value:.2f}×**"
-        wanted = f"≥ {target} × PyTorch" if kind == "throughput" else (
-            f"≤ {target} × floor" if kind == "floor" else f"≤ {target} × PyTorch")
+        wanted = {"throughput": f"≥ {target} × PyTorch", "floor": f"≤ {target} × floor",
+                  "encoder_floor": f"≤ {target} × floor", "optimum": f"≤ {target} × Optimum"}.get(kind, f"≤ {target} × PyTorch")
         met = "" if value is None else ("met" if (value >= target if kind == "throughput" else value <= target) else "missed")
         out.append(f"| {label} | {wanted} | {text} | {met} |")
     return out
+
+
+def forms_table(rows: list[dict]) -> list[str]:
+    """The fused graphs (engine edgecap) against the plain ones (edgecap-plain), case by case."""
+    plain = {(r["precision"], r["batch_size"], r["num_beams"]): r for r in rows
+             if r["engine"] == "edgecap-plain" and not r["error"]}
+    out = ["| prec | batch | beams | p50 plain → fused ms | enc plain → fused ms | step plain → fused ms | RSS plain → fused MB | fused / plain |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = plain.get((r["precision"], r["batch_size"], r["num_beams"]))
+        if r["engine"] != "edgecap" or r["error"] or p is None:
+            continue
+        out.append(f"| {r['precision']} | {r['batch_size']} | {r['num_beams']} | {p['latency_ms_p50']:.1f} → "
+                   f"{r['latency_ms_p50']:.1f} | {_f(p['encoder_ms'])} → {_f(r['encoder_ms'])} | "
+                   f"{_f(p['decoder_step_ms'], '{:.2f}')} → {_f(r['decoder_step_ms'], '{:.2f}')} | "
+                   f"{_f(p['peak_rss_mb'], '{:.0f}')} → {_f(r['peak_rss_mb'], '{:.0f}')} | "
+                   f"**{_ratio(r['latency_ms_p50'], p['latency_ms_p50'])}** |")
+    return out if len(out) > 2 else []
 
 
 def peers_table(rows: list[dict]) -> list[str]:
@@ -125,10 +151,12 @@ def peers_table(rows: list[dict]) -> list[str]:
 def report(data: dict) -> str:
     rows = data["rows"]
     florence2 = data.get("model", {}).get("architecture", {}).get("encoder_prompt", False)
-    issue, targets = ("21", FLORENCE2_TARGETS) if florence2 else ("10", TARGETS)
+    issue, targets = ("21", FLORENCE2_TARGETS) if florence2 else ("20", TARGETS)
     parts = ["### Machine and kernel rates (the floors' inputs)", "", *machine(data), "",
              "### Every engine", "", *rows_table(rows), "",
              f"### Targets (issue {issue})", "", *targets_table(rows, targets), "",
+             *(["### Fused graphs against the plain ones (same bundle, same run)", "", *forms_table(rows), ""]
+               if forms_table(rows) else []),
              "### edgecap against the peers, same precision (latency ratio; below 1 = edgecap faster)", "",
              *peers_table(rows), ""]
     return "\n".join(parts)

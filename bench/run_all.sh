@@ -56,7 +56,7 @@ section_main() {
     name=quick-demo-cpu
     args=(--model models/demo/checkpoint --workdir "$WORK/bench" --batch-sizes 1,2 --beams 1,2 --new-tokens 4 --warmup 0 --repeat 1)
   fi
-  run edgecap-bench "${args[@]}" --precision fp32,int8,int4,fp16 --compare pytorch,optimum,openvino \
+  run edgecap-bench "${args[@]}" --precision fp32,int8,int4,fp16 --graphs default,plain --compare pytorch,optimum,openvino \
     --peer-python "$PEER_PYTHON" --threads "$THREADS" --json "$OUT/$name.json" --plot "$OUT/$name.png"
   local rc=$?
   [ $rc -le 1 ] || return $rc  # 1: some engine is a failed row, still a result

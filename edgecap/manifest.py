@@ -112,7 +112,7 @@ class GraphSpec:
 @dataclass(frozen=True)
 class FusedGraphs:
     """A precision's graphs written with ONNX Runtime's fused operators (domain com.microsoft:
-    GroupQueryAttention, MultiHeadAttention, SkipLayerNormalization, BiasGelu...; export/fused.py): what
+    GroupQueryAttention, MultiHeadAttention, BiasGelu, FastGelu...; export/fused.py): what
     the CPU backend runs when a bundle has them. Their tensors differ from the plain graphs': keys are
     [batch, heads, positions, head_dim] in the cross K/V and in the cache (not transposed), the cache is
     updated in place (present_key.i/present_value.i bound to the past buffers), and the encoder takes

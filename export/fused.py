@@ -3,7 +3,8 @@
 The plain step (graphs.py) is ~100 kernels per layer once int8 quantizes per row; most are small
 (masking, concatenation, residual adds, LayerNorm, scale products). Here a layer is:
 
-  SkipLayerNormalization   residual add (+ the previous projection's bias) + LayerNorm, one kernel
+  Add + LayerNormalization residual add (the previous projection's bias folded in) and LayerNorm; ONNX
+                           Runtime's SkipLayerNormalization measured slower on its CPU provider (skip_norm)
   GroupQueryAttention      self-attention over the KV cache in one kernel, the new key/value written
                            in place into the cache at `step` (past and present share one buffer, so
                            nothing is copied per step and the runtime writes no cache slot itself)

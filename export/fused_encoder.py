@@ -5,9 +5,9 @@ operator batch-invariant by construction (an image alone is always the same tens
 as ONNX Runtime's fused `DynamicQuantizeMatMul` (one kernel per projection, one activation scale for
 the tensor: here, for one image) instead of the plain graph's per-row quantization (about ten kernels
 per projection, each a pass over 197 x 3,072 activations in ViT-base). ViT/DeiT layers are
-SkipLayerNormalization + MultiHeadAttention + BiasGelu (document-sized inputs keep per-token int8
+MultiHeadAttention + BiasGelu around their LayerNorms (document-sized inputs keep per-token int8
 scales, PER_IMAGE_INT8_MAX_TOKENS); Swin and Donut-Swin blocks keep their window
-attention and fuse the residual LayerNorm and the MLP's bias and activation. The outputs are every
+attention and fuse the MLP's bias and activation. The outputs are every
 decoder layer's cross K/V as the fused decoder step takes them: [1, heads, S, head_dim], keys too.
 """
 
