@@ -2,8 +2,8 @@
 
     python bench/report.py bench/results/vit-gpt2-base-cpu.json > bench/results/vit-gpt2-base-cpu.md
 
-Prints: the machine and its kernel rates per precision (the floors' inputs), every row, the issue 10
-targets with measured/met, and edgecap against each peer at the same precision. Numbers only come
+Prints: the machine and its kernel rates per precision (the floors' inputs), every row, the issue 20
+targets (issue 21's for a Florence-2 file) with measured/met, and edgecap against each peer at the same precision. Numbers only come
 from the file; nothing is re-measured.
 """
 

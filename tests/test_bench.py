@@ -63,7 +63,7 @@ def test_bench_model_compare_pytorch(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     lines = report.stdout.splitlines()
-    assert "### Targets (issue 10)" in lines and "| int8 greedy, batch 1 | ≤ 0.2 × PyTorch |" in report.stdout
+    assert "### Targets (issue 20)" in lines and "| int8 greedy, batch 1 | ≤ 0.2 × PyTorch |" in report.stdout
     assert sum(line.startswith("| edgecap | int8 |") for line in lines) == 4  # one per batch x beams case
     assert any(line.startswith("| int8 |") for line in lines)  # the kernel-rate table
 
