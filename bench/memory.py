@@ -18,12 +18,10 @@ from pathlib import Path
 CHILD = """
 import json, resource, statistics, sys, time
 import numpy as np
-from edgecap import backends
 from edgecap.captioner import Captioner
 bundle, precision, mode, batch, threads, fused = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
-defaults = backends.SessionOptions.__dataclass_fields__["memory"]
-defaults.default = mode  # every session this process makes
-cap = Captioner(bundle, precision=precision, backend="cpu", threads=threads, fused=None if fused == "default" else False)
+cap = Captioner(bundle, precision=precision, backend="cpu", threads=threads, fused=None if fused == "default" else False,
+                memory=mode)
 images = [np.random.default_rng(i).integers(0, 256, (224, 224, 3), dtype=np.uint8) for i in range(batch)]
 kw = dict(max_new_tokens=16, min_new_tokens=16)
 cap.caption(images, **kw)

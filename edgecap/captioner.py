@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import decoding, florence2
-from .backends import OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
+from .backends import MEMORY_MODES, OrtEncoder, OrtStepDecoder, SessionOptions, create_session, resolve_backend
 from .bundle import Bundle, load_bundle
 from .bundlecheck import check_tokenizer
 from .errors import BundleError, OptionsError
@@ -151,6 +151,10 @@ class Captioner:
         verify_checksums: hash the graphs at load (a second or so for large models).
         fused: on the cpu backend, run the bundle's fused graphs (ONNX Runtime's fused operators,
             manifest.FusedGraphs) when it has them; None = yes, False = the plain graphs.
+        memory: how the cpu backend's sessions allocate intermediate tensors (backends.MEMORY_MODES):
+            "arena" (ONNX Runtime's default: keeps the largest run's memory for the next),
+            "arena-no-pattern", or "no-arena" (returned after each run: for page-sized images where
+            several sessions live side by side, as export's verification does).
     """
 
     def __init__(
@@ -161,9 +165,13 @@ class Captioner:
         threads: int | None = None,
         verify_checksums: bool = True,
         fused: bool | None = None,
+        memory: str = "arena",
     ) -> None:
         t0 = time.perf_counter()
         self._fused_asked = fused
+        if memory not in MEMORY_MODES:
+            raise OptionsError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
+        self._memory = memory
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096):
             raise OptionsError(f"threads must be an integer from 1 to 4096 (or None: all cores), got {threads!r}")
         if bundle_dir is None:
@@ -225,9 +233,9 @@ class Captioner:
 
     def _cpu_models(self, threads: int | None) -> tuple[OrtEncoder, DecoderStatePool]:
         graphs = self._graph_set()
-        encoder = OrtEncoder(create_session(self.bundle, graphs.encoder, "cpu", SessionOptions(threads, spin=False)),
-                             graphs.encoder)
-        session = create_session(self.bundle, graphs.decoder, "cpu", SessionOptions(threads))
+        encoder_options = SessionOptions(threads, spin=False, memory=self._memory)
+        encoder = OrtEncoder(create_session(self.bundle, graphs.encoder, "cpu", encoder_options), graphs.encoder)
+        session = create_session(self.bundle, graphs.decoder, "cpu", SessionOptions(threads, memory=self._memory))
         arch = self.bundle.manifest.architecture
         return encoder, DecoderStatePool(lambda: OrtStepDecoder(session, arch, graphs.decoder))
 
@@ -338,7 +346,7 @@ class Captioner:
                 "(ExportOptions(with_attentions=True)) to get cross-attention maps")
         if self._verify_checksums:
             self.bundle.verify_files([graph.file])  # loaded late: checked late
-        session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads))
+        session = create_session(self.bundle, graph, "cpu", SessionOptions(self._threads, memory=self._memory))
         arch = self.bundle.manifest.architecture
         return DecoderStatePool(lambda: OrtStepDecoder(session, arch, graph))
 
@@ -346,10 +354,10 @@ class Captioner:
         """Options with the bundle's defaults filled in, checked against this model (OptionsError,
         a ValueError, names what is wrong)."""
         arch, spec = self.bundle.manifest.architecture, self.bundle.manifest.florence2
-        encode = self.encode_text
-        if spec is not None:  # a task prompt: expanded into the question the encoder reads
-            def encode(text: str) -> list[int]:
-                return florence2.encoder_prompt_ids(text, spec, self.encode_text)
+        def encode(text: str) -> list[int]:
+            if spec is None:
+                return self.encode_text(text)
+            return florence2.encoder_prompt_ids(text, spec, self.encode_text)  # a task prompt: its question
         opts = (options or GenerationOptions()).resolve(
             self.generation_defaults, encode=encode, max_positions=arch.max_positions
         )

@@ -212,6 +212,18 @@ def fp64_check(hf_model, caps: dict, pixels: np.ndarray, ref: list[list[int]], g
 NOISE_FACTOR = 2.0
 
 
+# Images beyond this many pixels are verified with sessions that return their intermediates after each
+# run (Captioner memory="no-arena"): export keeps PyTorch and up to three Captioners alive at once, and
+# each ONNX Runtime arena keeps its largest run, several GB at Donut's 2560x1920 (issue 20: the int8
+# export of Donut-base's geometry was killed for memory in 24 GiB with the arenas).
+ARENA_PIXELS = 1 << 20
+
+
+def session_memory(pixels: np.ndarray) -> str:
+    """The Captioner memory mode for verifying `pixels` ([n, 3, H, W])."""
+    return "no-arena" if pixels.shape[-1] * pixels.shape[-2] > ARENA_PIXELS else "arena"
+
+
 def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generation, ref: list[list[int]],
                 tolerance: float, forms: tuple = (None,)) -> dict:
     """fp32 graphs against PyTorch, per form (`forms`: Captioner's `fused` values: None for the default
@@ -220,7 +232,8 @@ def verify_fp32(hf_model, bundle_dir: Path, pixels: np.ndarray, gen: mf.Generati
     expected = torch_logits(hf_model, pixels, ref, gen)  # once for every form
     caps, reports = {}, {}
     for form in forms:
-        cap = caps[form] = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=form)
+        cap = caps[form] = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=form,
+                                     memory=session_memory(pixels))
         tok, capt = agreement(greedy_tokens(cap, pixels, gen), ref)
         diffs = logit_diffs(hf_model, cap, pixels, ref, gen, expected=expected)
         reports[form] = mf.Verification("pytorch", len(pixels), float(diffs.max()), tok, capt)
@@ -302,11 +315,12 @@ class PrecisionJudge:
 
     def __init__(self, bundle_dir: Path, eval_pixels: np.ndarray, gen: mf.Generation, eval_source: str) -> None:
         self.bundle_dir, self.eval_pixels, self.gen, self.eval_source = bundle_dir, eval_pixels, gen, eval_source
-        self.fp32 = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False)
+        self.memory = session_memory(eval_pixels)
+        self.fp32 = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, memory=self.memory)
         self.ref = greedy_tokens(self.fp32, eval_pixels, gen)
 
     def judge(self, hf_model, precision: str, verify_pixels: np.ndarray, torch_ref: list[list[int]]) -> mf.Verification:
-        cap = Captioner(self.bundle_dir, precision=precision, backend="cpu", verify_checksums=False)
+        cap = Captioner(self.bundle_dir, precision=precision, backend="cpu", verify_checksums=False, memory=self.memory)
         tok, capt = agreement(greedy_tokens(cap, self.eval_pixels, self.gen), self.ref)
         tf = teacher_forced(self.fp32, cap, self.eval_pixels, self.ref, self.gen.decoder_start_token_id)
         diff = max_logit_diff(hf_model, cap, verify_pixels, torch_ref, self.gen)
@@ -320,7 +334,8 @@ class PrecisionJudge:
 def calibration_feeds(bundle_dir: Path, pixels: np.ndarray, batch: int = 4) -> tuple[list[dict], list[dict]]:
     """(encoder feeds, decoder-step feeds) recorded while the plain fp32 graphs caption `pixels` (they
     calibrate int8-qdq, which is derived from the plain graphs)."""
-    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=False)
+    cap = Captioner(bundle_dir, precision="fp32", backend="cpu", verify_checksums=False, fused=False,
+                    memory=session_memory(pixels))
     enc_feeds, dec_feeds = [], []
     opts = cap.resolve_options(GenerationOptions(num_beams=1))
     with cap.step_decoder() as decoder:

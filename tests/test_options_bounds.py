@@ -71,6 +71,15 @@ def test_threads_bounds():
         Captioner(threads=0)
 
 
+def test_memory_modes_caption_alike(demo):
+    with pytest.raises(OptionsError, match="memory must be one of arena, arena-no-pattern, no-arena, got 'lots'"):
+        Captioner(memory="lots")
+    expected = [c.token_ids for c in demo.caption([SAMPLE, SAMPLE], num_beams=2)]
+    for mode in ("arena-no-pattern", "no-arena"):
+        cap = Captioner(backend="cpu", threads=1, memory=mode)
+        assert [c.token_ids for c in cap.caption([SAMPLE, SAMPLE], num_beams=2)] == expected
+
+
 @pytest.mark.parametrize("bad,hint", [
     (None, "got NoneType"), (b"\x89PNG", "PIL.Image.open(io.BytesIO(data))"),
     (io.BytesIO(b"x"), "PIL.Image.open(file)"), ([SAMPLE, 3], "got int"), (3.5, "got float"),

@@ -3,8 +3,7 @@ verification on a bounded number of tokens per image."""
 
 from __future__ import annotations
 
-import json
-
+import numpy as np
 import pytest
 
 from edgecap import manifest as mf
@@ -44,6 +43,13 @@ def test_fp32_rule(diff, ours, torch_err, tokens, verdict):
     report = mf.Verification("pytorch", 4, diff, tokens, 1.0, **extra)
     problem = verify.fp32_problem(report, 1e-3)
     assert (problem is None) if verdict is None else (verdict in problem)
+
+
+def test_page_sized_images_are_verified_without_arenas():
+    # export keeps several sessions alive at once; at page sizes their arenas alone exhausted 24 GiB
+    assert verify.session_memory(np.zeros((1, 3, 384, 384), np.float32)) == "arena"
+    assert verify.session_memory(np.zeros((1, 3, 1024, 1024), np.float32)) == "arena"
+    assert verify.session_memory(np.zeros((1, 3, 2560, 1920), np.float32)) == "no-arena"
 
 
 def test_verification_decodes_a_bounded_number_of_tokens(tmp_path):
