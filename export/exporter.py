@@ -473,7 +473,8 @@ def export(model: str, outdir: str | os.PathLike, options: ExportOptions | None 
             rep = _build_and_judge(prec, tmp, enc, dec, options, pairs, manifest, judge, ref_model, verify_pixels,
                                    torch_ref, calib_pixels, vgen, options.int8_fp32_parts if prec == "int8" else ())
             problem = _gate(rep, options.min_agreement)
-            if problem and prec == "int8" and options.int8_fallback and not options.int8_fp32_parts:
+            if (problem and prec == "int8" and options.int8_fallback and not options.int8_fp32_parts
+                    and rep.decisive_agreement is not None):  # nothing decisive: nothing a rebuild could change
                 # keep the products int8 hurts most in fp32 (graphbuilder.INT8_SENSITIVE_PARTS) and judge again
                 log.info("int8 refused (%s); trying int8 with the self-attention's q/k/v in fp32", problem)
                 shutil.rmtree(tmp / prec, ignore_errors=True)
