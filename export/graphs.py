@@ -63,7 +63,11 @@ def build_encoder(
 ) -> tuple[onnx.ModelProto, list, list]:
     """The encoder graph, which also projects every decoder layer's cross-attention K and V.
     Florence-2's also takes the prompt's token ids (mf.ENCODER_PROMPT_IDS) and reads them after the image."""
-    g = GraphBuilder("edgecap_encoder", precision)
+    # Florence-2's graphs run on ONNX Runtime's CPU provider only (its encoder reads a prompt, which the
+    # GPU backends do not feed): its int8 products use the CPU's MatMulIntegerToFloat, still one scale
+    # per row (bench/RESULTS.md, Florence-2: the Cast and scale pass over DaViT's activations saved)
+    cpu_only_int8 = isinstance(enc, Florence2Encoder) and precision == "int8"
+    g = GraphBuilder("edgecap_encoder", precision, int8_form="per-row-fused" if cpu_only_int8 else "per-row")
     h_img, w_img = enc.image_hw
     px = g.input(mf.PIXEL_VALUES, "float32", ["batch", enc.channels, h_img, w_img])
     if isinstance(enc, Florence2Encoder):
