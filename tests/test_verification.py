@@ -3,6 +3,8 @@ verification on a bounded number of tokens per image."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,17 @@ def test_int8_that_fails_the_gate_is_judged_again_with_attention_projections_in_
                                                                   verify_images=1))
     v = mf.Manifest.from_json((bundle / "manifest.json").read_text()).verification["int8"]
     assert v.fp32_parts == list(INT8_SENSITIVE_PARTS) and v.decisive_agreement >= threshold
+
+
+def test_int8_is_not_rebuilt_when_nothing_was_decisive(tmp_path, caplog):
+    """A model whose fp32 is never decisive on the evaluation images (random weights at a trained model's
+    scale) leaves the int8 gate nothing to measure: keeping products in fp32 cannot change that verdict,
+    so export does not spend a second int8 build and judgement on it."""
+    ckpt = docmodels.manga_like(tmp_path / "ckpt", image=32, hidden=64, encoder_layers=1, decoder_hidden=64,
+                                vocab=256, max_length=20, init_std=0.02)
+    with caplog.at_level(logging.INFO):
+        out = export(str(ckpt), tmp_path / "bundle", ExportOptions(precisions=("fp32", "int8"), verify_images=1,
+                                                                   allow_partial=True))
+    man = mf.Manifest.from_json((out / "manifest.json").read_text())
+    assert sorted(man.graphs) == ["fp32"]
+    assert "never decisive" in caplog.text and "trying int8 with" not in caplog.text
