@@ -46,7 +46,8 @@ def build_fused_decoder_step(dec: Decoder, enc_seq: int | str, precision: str = 
     `fp32_parts` as in graphs.build_decoder_step."""
     if precision not in ("fp32", "int8"):
         raise ValueError(f"fused decoder steps are built in fp32 and int8, not {precision!r}")
-    g = GraphBuilder("edgecap_decoder_step_fused", precision, int8_form="per-row-fused", fp32_parts=fp32_parts)
+    g = GraphBuilder("edgecap_decoder_step_fused", precision, int8_form="per-row-fused", fp32_parts=fp32_parts,
+                     fused=True)
     heads, head_dim, hidden = dec.num_heads, dec.head_dim, dec.hidden
     ids = g.input(mf.INPUT_IDS, "int64", ["batch", 1])
     step = g.input(mf.STEP, "int64", [1])

@@ -18,14 +18,14 @@ import onnx
 
 from edgecap import manifest as mf
 
-from .graphbuilder import CONTRIB, GraphBuilder, mlp_activation, residual, skip_norm
+from .graphbuilder import CONTRIB, GraphBuilder, mlp_activation, packed_bias, residual, skip_norm
 from .graphs import vit_embeddings
 from .swin_graph import swin_tokens
 from .weights import Decoder, Encoder, Linear, SwinEncoder
 
 
 def _vit_fused(g: GraphBuilder, enc: Encoder, px: str) -> str:
-    hidden, heads = enc.hidden, enc.num_heads
+    heads = enc.num_heads
     x = vit_embeddings(g, enc, px)
     pending = None
     for i, layer in enumerate(enc.layers):
@@ -38,8 +38,8 @@ def _vit_fused(g: GraphBuilder, enc: Encoder, px: str) -> str:
         # q/k/v biases go into MultiHeadAttention, which takes them for exactly this
         projections = (att.q, att.k, att.v)
         inputs = g.linears(h, [Linear(lin.w, None) for lin in projections], f"{p}.attn.qkv")
-        if any(lin.b is not None for lin in projections):
-            bias = np.concatenate([lin.b if lin.b is not None else np.zeros(hidden, np.float32) for lin in projections])
+        bias = packed_bias(projections)
+        if bias is not None:
             inputs.append(g.weight(f"{p}.attn.qkv.bias", bias.astype(np.float32)))
         ctx = g.op("MultiHeadAttention", inputs, domain=CONTRIB, num_heads=heads, scale=1.0)  # q carries 1/sqrt(d)
         a = g.linear(ctx, att.o, f"{p}.attn.o", with_bias=False)
@@ -71,7 +71,7 @@ def build_fused_encoder(enc: Encoder | SwinEncoder, dec: Decoder, precision: str
     if precision not in ("fp32", "int8"):
         raise ValueError(f"fused encoders are built in fp32 and int8, not {precision!r}")
     tokens = enc.seq_len if isinstance(enc, Encoder) else enc.stages[0].grid[0] * enc.stages[0].grid[1]
-    g = GraphBuilder("edgecap_encoder_fused", precision, int8_form=encoder_int8_form(tokens))
+    g = GraphBuilder("edgecap_encoder_fused", precision, int8_form=encoder_int8_form(tokens), fused=True)
     h_img, w_img = enc.image_hw
     px = g.input(mf.PIXEL_VALUES, "float32", [1, enc.channels, h_img, w_img])
     x = swin_tokens(g, enc, px) if isinstance(enc, SwinEncoder) else _vit_fused(g, enc, px)

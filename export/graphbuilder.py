@@ -56,7 +56,7 @@ class GraphBuilder:
     """
 
     def __init__(self, name: str, precision: str = "fp32", int8_form: str = "per-row",
-                 fp32_parts: tuple[str, ...] = ()) -> None:
+                 fp32_parts: tuple[str, ...] = (), fused: bool = False) -> None:
         if precision not in BUILT_PRECISIONS:
             raise ValueError(f"graphs are built in {', '.join(BUILT_PRECISIONS)}, not {precision!r}")
         if int8_form not in INT8_FORMS:
@@ -66,8 +66,9 @@ class GraphBuilder:
         self.int8_form = int8_form
         # int8 graphs: projections whose name contains one of these stay fp32 (INT8_SENSITIVE_PARTS)
         self.fp32_parts = tuple(fp32_parts)
-        # fused graphs (fused.py): blocks shared with the plain graphs use ONNX Runtime's fused operators
-        self.fused = int8_form != "per-row"
+        # fused graphs (fused.py, fused_encoder.py): blocks shared with the plain graphs use ONNX Runtime's
+        # fused operators. Independent of int8_form: a plain graph may take a CPU-only int8 form (Florence-2)
+        self.fused = fused
         self.half = precision == "fp16"
         self.kv_dtype = "float16" if self.half else "float32"
         self._casts: dict[tuple[str, int], str] = {}
@@ -98,8 +99,7 @@ class GraphBuilder:
             self.op("Identity", [value], outputs=[name])
         else:
             self._renames[value] = name
-        self.outputs.append(helper.make_tensor_value_info(name, _DTYPES[dtype], shape))
-        self.specs_out.append(mf.TensorSpec(name, dtype, list(shape)))
+        self.declare_output(name, dtype, shape)
 
     def declare_output(self, name: str, dtype: str, shape: list) -> None:
         """A graph output some node already writes under its final `name` (no rename, no Identity)."""
@@ -219,11 +219,7 @@ class GraphBuilder:
     def linears_packed(self, x: str, lins: list[Linear], prefix: str) -> str:
         """Several projections of the same input as one product, their outputs side by side (not split):
         what a fused attention operator takes as packed q/k/v."""
-        w = np.concatenate([lin.w for lin in lins], axis=1)
-        b = None
-        if any(lin.b is not None for lin in lins):
-            b = np.concatenate([lin.b if lin.b is not None else np.zeros(lin.w.shape[1], np.float32) for lin in lins])
-        return self.linear(x, Linear(w, b), prefix)
+        return self.linear(x, Linear(np.concatenate([lin.w for lin in lins], axis=1), packed_bias(lins)), prefix)
 
     def layer_norm(self, x: str, ln: LayerNorm, prefix: str) -> str:
         return self.op(
@@ -296,6 +292,13 @@ def self_attention(g: GraphBuilder, x: str, att: Attention, heads: int, head_dim
     v = g.heads(v, heads, head_dim)
     probs = softmax(g, g.op("MatMul", [q, k]))
     return g.to_float(g.linear(g.merge_heads(g.op("MatMul", [probs, v]), hidden), att.o, f"{p}.o"))
+
+
+def packed_bias(lins: list[Linear]) -> np.ndarray | None:
+    """The biases of projections packed side by side (zeros for those without one), or None if none has one."""
+    if all(lin.b is None for lin in lins):
+        return None
+    return np.concatenate([lin.b if lin.b is not None else np.zeros(lin.w.shape[1], np.float32) for lin in lins])
 
 
 def mlp_residual(g: GraphBuilder, x: str, layer, p: str) -> str:

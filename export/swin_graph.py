@@ -97,7 +97,7 @@ def _block(g: GraphBuilder, x: str, blk: SwinBlock, grid: tuple[int, int], heads
     a = g.op("Reshape", [t, g.const([-1, h * w, c])])
     if not g.fused:
         return mlp_residual(g, g.op("Add", [x, a]), blk, p)
-    # the residual add and the MLP's LayerNorm as one kernel, the fc1 bias inside the activation's
+    # the fc1 bias inside the activation's kernel (BiasGelu/FastGelu)
     h, x = skip_norm(g, a, x, None, blk.ln_mlp, f"{p}.ln2")
     return g.op("Add", [x, g.to_float(g.linear(mlp_activation(g, h, blk.fc1, blk.act, f"{p}.fc1"), blk.fc2, f"{p}.fc2"))])
 
